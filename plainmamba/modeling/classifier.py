@@ -1,0 +1,119 @@
+"""Image classification meta-architecture for Detectron2's engine.
+
+Takes Detectron2-style inputs ``[{"image": (3, H, W) RGB tensor in 0-255, "label": int}, ...]``,
+returns ``{"loss_cls": ...}`` in training and ``[{"logits": (num_classes,)}]`` in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .plainmamba import PlainMamba
+
+__all__ = ["ImageClassifier", "LinearClsHead", "PIXEL_MEAN", "PIXEL_STD"]
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class LinearClsHead(nn.Module):
+    """Mean-pool the tokens, then one linear layer (released name ``head.fc``)."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_channels, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(tokens.mean(dim=1)))
+
+
+class ImageClassifier(nn.Module):
+    """A PlainMamba trunk with a pooled linear head.
+
+    Args:
+        backbone: the trunk; its final tokens (after ``ln1``) are pooled.
+        num_classes: classifier outputs.
+        pixel_mean, pixel_std: RGB normalisation in 0-255 units.
+        label_smoothing: for the hard-label cross-entropy loss.
+        head_dropout: dropout before the classifier.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: PlainMamba,
+        num_classes: int = 1000,
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
+        label_smoothing: float = 0.0,
+        head_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.head = LinearClsHead(backbone.embed_dim, num_classes, head_dropout)
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        # Not persistent: checkpoints hold only learned state, as the released ones do.
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Any]]) -> torch.Tensor:
+        """Validate, stack and normalise the images of a batch (all of one size)."""
+        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
+            raise ValueError("ImageClassifier expects a non-empty list of dicts with an 'image'")
+        images = []
+        for i, record in enumerate(batched_inputs):
+            name = f"input {i}" + (f" ({record['file_name']})" if "file_name" in record else "")
+            image = record.get("image") if isinstance(record, dict) else None
+            if not torch.is_tensor(image):
+                raise ValueError(f"{name}: missing 'image' tensor")
+            if image.dim() != 3 or image.shape[0] != self.backbone.in_chans:
+                raise ValueError(
+                    f"{name}: expected a ({self.backbone.in_chans}, H, W) image, "
+                    f"got shape {tuple(image.shape)}"
+                )
+            if image.is_floating_point() and image.device.type == "cpu":
+                if not bool(torch.isfinite(image).all()):
+                    raise ValueError(f"{name}: image contains NaN or infinite values")
+            images.append(image)
+        sizes = {tuple(im.shape) for im in images}
+        if len(sizes) > 1:
+            raise ValueError(f"all images of a classification batch must have one size, got {sizes}")
+        x = torch.stack(images).to(self.device, non_blocking=True).float()
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def forward(
+        self, batched_inputs: List[Dict[str, Any]]
+    ) -> Union[Dict[str, torch.Tensor], List[Dict[str, torch.Tensor]]]:
+        x = self.preprocess_image(batched_inputs)
+        tokens, _ = self.backbone.forward_features(x)
+        logits = self.head(tokens)
+        if not self.training:
+            return [{"logits": row} for row in logits]
+        return {"loss_cls": self.losses(logits, batched_inputs)}
+
+    def losses(self, logits: torch.Tensor, batched_inputs: List[Dict[str, Any]]) -> torch.Tensor:
+        """Cross-entropy on ``label`` (int) or soft-target cross-entropy on ``soft_label``."""
+        if all("soft_label" in r for r in batched_inputs):
+            target = torch.stack([torch.as_tensor(r["soft_label"]) for r in batched_inputs])
+            target = target.to(logits.device, logits.dtype)
+            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        missing: Optional[int] = next((i for i, r in enumerate(batched_inputs) if "label" not in r), None)
+        if missing is not None:
+            raise ValueError(f"training input {missing} has no 'label' (or 'soft_label')")
+        labels = torch.as_tensor([int(r["label"]) for r in batched_inputs], device=logits.device)
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if bad.numel():
+            raise ValueError(f"label {int(bad[0])} outside [0, {self.num_classes})")
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)

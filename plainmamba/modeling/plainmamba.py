@@ -1,0 +1,317 @@
+"""The PlainMamba trunk (arXiv 2403.17695) as a Detectron2 backbone.
+
+Module and parameter names follow the released MMClassification layout (``patch_embed``,
+``pos_embed``, ``layers.i.mamba.*``, ``ln1``, ``norm_layer{i}``), so that a released state dict
+loads after stripping its ``backbone.`` prefix. See SPEC sections 1-6 for what is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
+from timm.layers import DropPath, trunc_normal_
+
+from ..ops import zigzag_scan
+
+__all__ = ["PlainMamba", "PlainMambaLayer", "PlainMambaMixer", "ConvPatchEmbed", "check_images"]
+
+
+def check_images(x: torch.Tensor, in_chans: int, min_size: int, what: str = "input") -> None:
+    """Raise ``ValueError`` naming the problem if ``x`` is not a usable (B, C, H, W) image batch.
+
+    The finite-value check runs on CPU tensors only: on a GPU it would force a host sync.
+    """
+    if not torch.is_tensor(x) or x.dim() != 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{what}: expected a (B, {in_chans}, H, W) tensor, got {shape}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"{what}: expected {in_chans} channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+        )
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            f"{what}: image {x.shape[2]}x{x.shape[3]} is smaller than one {min_size}x{min_size} "
+            f"patch"
+        )
+    if x.device.type == "cpu" and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{what}: contains NaN or infinite values")
+
+
+class ConvPatchEmbed(nn.Module):
+    """Convolutional stem: 7x7/2 conv-BN-ReLU, ``num_convs`` 3x3 conv-BN-ReLU, 8x8/8 projection."""
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 192, num_convs: int = 1, patch_size: int = 16):
+        super().__init__()
+        if patch_size % 2:
+            raise ValueError(f"patch_size must be even, got {patch_size}")
+        width = 64
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        convs: List[nn.Module] = []
+        for _ in range(num_convs):
+            convs += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+            convs.append(nn.ReLU(inplace=True))
+        self.convs = nn.Sequential(*convs) if convs else None
+        self.proj_stride = patch_size // 2
+        self.projection = nn.Conv2d(width, embed_dim, self.proj_stride, stride=self.proj_stride)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x = self.stem(x)
+        if self.convs is not None:
+            x = self.convs(x)
+        # "Corner" padding as released: zeros on the right and bottom up to a multiple of 8.
+        pad_h = -x.shape[2] % self.proj_stride
+        pad_w = -x.shape[3] % self.proj_stride
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.projection(x)
+        hw = (x.shape[2], x.shape[3])
+        return x.flatten(2).transpose(1, 2), hw
+
+
+class PlainMambaMixer(nn.Module):
+    """The 2D selective-scan mixer (released name ``mamba``), SPEC section 4."""
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        expand: int = 2,
+        dt_rank: Optional[int] = None,
+        conv_size: int = 7,
+        bias: bool = True,
+        conv_bias: bool = True,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        scan_impl: Optional[str] = None,
+    ):
+        super().__init__()
+        if conv_size % 2 != 1:
+            raise ValueError(f"conv_size must be odd, got {conv_size}")
+        self.d_inner = int(expand * dim)
+        self.d_state = d_state
+        self.dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
+        self.scan_impl = scan_impl
+        e = self.d_inner
+        self.in_proj = nn.Linear(dim, 2 * e, bias=bias)
+        self.conv2d = nn.Conv2d(e, e, conv_size, padding=conv_size // 2, groups=e, bias=conv_bias)
+        self.x_proj = nn.Linear(e, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, e, bias=True)
+        self.out_proj = nn.Linear(e, dim, bias=bias)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1).float()).repeat(e, 1))
+        self.D = nn.Parameter(torch.ones(e))
+        self.direction_Bs = nn.Parameter(torch.zeros(5, d_state))
+
+        # Mamba's initialisation: dt_proj keeps variance, softplus(bias) spans [dt_min, dt_max].
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
+        trunc_normal_(self.direction_Bs, std=0.02)
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        batch, length, _ = x.shape
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        xs = xs.transpose(1, 2).reshape(batch, self.d_inner, hw[0], hw[1])
+        xs = F.silu(self.conv2d(xs)).flatten(2).transpose(1, 2)  # (B, L, E), raster order
+        dt, Bs, Cs = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # As released: dt_proj adds its bias here and the scan adds it again as delta_bias.
+        dt = self.dt_proj(dt)
+        A = -torch.exp(self.A_log.float())
+        y = zigzag_scan(
+            xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw, impl=self.scan_impl
+        )
+        return self.out_proj(y * F.silu(z))
+
+
+class PlainMambaLayer(nn.Module):
+    """Pre-norm residual mixer; with ``with_dwconv`` the sum is replaced by GELU(BN(dwconv))."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, with_dwconv: bool = False, **mixer_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        if with_dwconv:
+            self.dw = nn.Sequential(
+                nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False),
+                nn.BatchNorm2d(dim),
+                nn.GELU(),
+            )
+        else:
+            self.dw = None
+        self.mamba = PlainMambaMixer(dim, **mixer_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path(self.mamba(self.norm(x), hw))
+        if self.dw is not None:
+            # As released: no residual around the depthwise block.
+            batch, _, dim = x.shape
+            x = self.dw(x.transpose(1, 2).reshape(batch, dim, hw[0], hw[1]))
+            x = x.flatten(2).transpose(1, 2)
+        return x
+
+
+class PlainMamba(Backbone):
+    """Non-hierarchical Mamba trunk; outputs stride-16 maps of chosen layers.
+
+    Args:
+        img_size: pretraining image size; sets the position-embedding grid (224 -> 14x14).
+        in_chans: input channels.
+        patch_size: 16 for all released models.
+        embed_dim: token width C.
+        depth: number of layers.
+        num_stem_convs: extra 3x3 convs in the patch embedding.
+        dwconv_layers: layers followed by the released depthwise-conv block.
+        d_state, expand, dt_rank, conv_size: mixer sizes (dt_rank ``None`` = ceil(C / 16)).
+        drop_path_rate: maximum stochastic-depth rate, reached linearly at the last layer.
+        out_indices: layers whose tokens become output maps ``layer{i}``; negative counts from
+            the end. The last layer goes through ``ln1``; the others through ``norm_layer{i}``.
+        final_norm: apply ``ln1`` after the last layer (classification and segmentation).
+        scan_impl: selective-scan path (``auto``, ``ref``, ``numba``, ``mamba``); ``None`` reads
+            ``$PLAINMAMBA_SCAN``.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int = 224,
+        in_chans: int = 3,
+        patch_size: int = 16,
+        embed_dim: int = 192,
+        depth: int = 24,
+        num_stem_convs: int = 1,
+        dwconv_layers: Sequence[int] = (0,),
+        d_state: int = 16,
+        expand: int = 2,
+        dt_rank: Optional[int] = None,
+        conv_size: int = 7,
+        drop_path_rate: float = 0.0,
+        out_indices: Sequence[int] = (-1,),
+        final_norm: bool = True,
+        scan_impl: Optional[str] = None,
+    ):
+        super().__init__()
+        self.in_chans = in_chans
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.final_norm = final_norm
+        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, num_stem_convs, patch_size)
+        side = img_size // patch_size
+        self.pos_grid = (side, side)
+        self.pos_embed = nn.Parameter(torch.zeros(1, side * side, embed_dim))
+        trunc_normal_(self.pos_embed, std=0.02)
+
+        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [0.0]
+        dwconv_layers = {i % depth for i in dwconv_layers}
+        self.layers = nn.ModuleList(
+            PlainMambaLayer(
+                embed_dim,
+                drop_path=rates[i],
+                with_dwconv=i in dwconv_layers,
+                d_state=d_state,
+                expand=expand,
+                dt_rank=dt_rank,
+                conv_size=conv_size,
+                scan_impl=scan_impl,
+            )
+            for i in range(depth)
+        )
+        if final_norm:
+            self.ln1 = nn.LayerNorm(embed_dim, eps=1e-6)
+
+        self.out_indices = self._normalise_indices(out_indices)
+        for i in self.out_indices:
+            if i != depth - 1:
+                self.add_module(f"norm_layer{i}", nn.LayerNorm(embed_dim, eps=1e-6))
+        self._out_features = [f"layer{i}" for i in self.out_indices]
+        self._out_feature_channels = {name: embed_dim for name in self._out_features}
+        self._out_feature_strides = {name: patch_size for name in self._out_features}
+        self.apply(self._init_weights)
+
+    def _normalise_indices(self, indices: Iterable[int]) -> Tuple[int, ...]:
+        out = []
+        for i in indices:
+            j = i + self.depth if i < 0 else i
+            if not 0 <= j < self.depth:
+                raise ValueError(f"out_indices: layer {i} does not exist in a {self.depth}-layer trunk")
+            out.append(j)
+        if sorted(set(out)) != out:
+            raise ValueError(f"out_indices must be increasing and distinct, got {list(indices)}")
+        return tuple(out)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            if getattr(m.bias, "_no_reinit", False):
+                return
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.patch_size
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": self.patch_size}
+
+    def set_scan_impl(self, impl: Optional[str]) -> None:
+        """Choose the selective-scan path of every layer (see :mod:`plainmamba.ops`)."""
+        for layer in self.layers:
+            layer.mamba.scan_impl = impl
+
+    def position_embedding(self, hw: Tuple[int, int]) -> torch.Tensor:
+        """The position embedding for an ``hw`` token grid, bicubically resized when needed."""
+        if tuple(hw) == self.pos_grid:
+            return self.pos_embed
+        grid = self.pos_embed.reshape(1, *self.pos_grid, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=hw, mode="bicubic", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
+
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Images (B, 3, H, W) -> tokens (B, L, C) with position embedding, and the grid (h, w)."""
+        check_images(x, self.in_chans, self.patch_size)
+        tokens, hw = self.patch_embed(x)
+        return tokens + self.position_embedding(hw), hw
+
+    def forward_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Run the trunk: final tokens (after ``ln1`` if ``final_norm``) and the tapped maps."""
+        tokens, hw = self.embed(x)
+        maps: Dict[str, torch.Tensor] = {}
+        last = self.depth - 1
+        for i, layer in enumerate(self.layers):
+            tokens = layer(tokens, hw)
+            if i == last and self.final_norm:
+                tokens = self.ln1(tokens)
+            if i in self.out_indices:
+                tap = tokens if i == last else getattr(self, f"norm_layer{i}")(tokens)
+                maps[f"layer{i}"] = tap.transpose(1, 2).reshape(tap.shape[0], -1, *hw)
+        return tokens, maps
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Images (B, 3, H, W), normalised -> ``{"layer{i}": (B, C, H/16, W/16)}``."""
+        return self.forward_features(x)[1]
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(channels=self.embed_dim, stride=self.patch_size)
+            for name in self._out_features
+        }
