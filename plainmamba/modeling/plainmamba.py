@@ -125,8 +125,10 @@ class PlainMambaMixer(nn.Module):
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         batch, length, _ = x.shape
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        xs = xs.transpose(1, 2).reshape(batch, self.d_inner, hw[0], hw[1])
-        xs = F.silu(self.conv2d(xs)).flatten(2).transpose(1, 2)  # (B, L, E), raster order
+        # Tokens viewed as a channels-last image: no copies around the depthwise conv.
+        xs = xs.reshape(batch, hw[0], hw[1], self.d_inner).permute(0, 3, 1, 2)
+        xs = F.silu(self.conv2d(xs.contiguous(memory_format=torch.channels_last)))
+        xs = xs.permute(0, 2, 3, 1).reshape(batch, length, self.d_inner)  # (B, L, E), raster
         dt, Bs, Cs = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         # As released: dt_proj adds its bias here and the scan adds it again as delta_bias.
         dt = self.dt_proj(dt)
@@ -158,9 +160,10 @@ class PlainMambaLayer(nn.Module):
         x = x + self.drop_path(self.mamba(self.norm(x), hw))
         if self.dw is not None:
             # As released: no residual around the depthwise block.
-            batch, _, dim = x.shape
-            x = self.dw(x.transpose(1, 2).reshape(batch, dim, hw[0], hw[1]))
-            x = x.flatten(2).transpose(1, 2)
+            batch, length, dim = x.shape
+            x = x.reshape(batch, hw[0], hw[1], dim).permute(0, 3, 1, 2)
+            x = self.dw(x.contiguous(memory_format=torch.channels_last))
+            x = x.permute(0, 2, 3, 1).reshape(batch, length, dim)
         return x
 
 
