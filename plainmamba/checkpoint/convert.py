@@ -1,0 +1,212 @@
+"""Released MMClassification checkpoints -> Detectron2 checkpoints of this project.
+
+Our modules keep the released names (``backbone.*``, ``head.fc.*``), so a classification
+checkpoint converts by selecting keys, optionally swapping in the EMA copies, and checking every
+key and shape against the target model. Anything that does not fit raises :class:`CheckpointError`
+naming the file, the keys and the shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = [
+    "CheckpointError",
+    "load_official_file",
+    "convert_official_classification",
+    "check_state_dict",
+    "infer_arch",
+    "PlainMambaCheckpointer",
+    "save_detectron2_checkpoint",
+    "convert_file",
+]
+
+logger = logging.getLogger(__name__)
+
+# (embed_dim, depth) -> published size; used to name what a checkpoint holds.
+_ARCHS = {(192, 24): "L1", (384, 24): "L2", (448, 36): "L3"}
+_CLS_PREFIXES = ("backbone.", "head.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def load_official_file(path: str) -> Dict[str, Any]:
+    """Read a checkpoint file into a dict, with an error naming the file if it is unreadable.
+
+    Tensors-only files load with ``weights_only=True``; released MM* files also pickle their
+    config (``meta``), for which we fall back to a full unpickling: only use files you trust.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path}: expected a dict, found {type(data).__name__}")
+    return dict(data)
+
+
+def _state_dict_of(ckpt: Mapping[str, Any], source: str) -> Dict[str, Any]:
+    for key in ("state_dict", "model"):
+        if key in ckpt and isinstance(ckpt[key], Mapping):
+            return dict(ckpt[key])
+    if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        return dict(ckpt)
+    raise CheckpointError(
+        f"{source}: no 'state_dict' or 'model' entry and not a bare state dict "
+        f"(top-level keys: {sorted(ckpt)[:10]})"
+    )
+
+
+def convert_official_classification(
+    ckpt: Mapping[str, Any] | str, use_ema: bool = False, source: Optional[str] = None
+) -> Dict[str, torch.Tensor]:
+    """Convert a released classification checkpoint (file path or loaded dict) to our keys.
+
+    Returns a state dict for :class:`plainmamba.modeling.ImageClassifier`. ``ema_*`` buffers are
+    dropped, or with ``use_ema`` replace the parameters they shadow.
+    """
+    if isinstance(ckpt, str):
+        source = source or ckpt
+        ckpt = load_official_file(ckpt)
+    source = source or "checkpoint"
+    state = _state_dict_of(ckpt, source)
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+
+    ema = {k: v for k, v in state.items() if k.startswith("ema_")}
+    state = {k: v for k, v in state.items() if not k.startswith("ema_")}
+    if use_ema:
+        if not ema:
+            raise CheckpointError(f"{source}: --ema requested but the checkpoint has no ema_* buffers")
+        used = 0
+        for name in list(state):
+            shadow = ema.get("ema_" + name.replace(".", "_"))
+            if shadow is not None:
+                if shadow.shape != state[name].shape:
+                    raise CheckpointError(
+                        f"{source}: EMA copy of {name} has shape {tuple(shadow.shape)}, "
+                        f"parameter has {tuple(state[name].shape)}"
+                    )
+                state[name] = shadow
+                used += 1
+        logger.info("%s: took %d of %d EMA tensors", source, used, len(ema))
+
+    foreign = sorted(k for k in state if not k.startswith(_CLS_PREFIXES))
+    if foreign:
+        raise CheckpointError(
+            f"{source}: not a PlainMamba classification checkpoint; unexpected keys "
+            f"{foreign[:8]}{' ...' if len(foreign) > 8 else ''}"
+        )
+    for k, v in state.items():
+        if not torch.is_tensor(v):
+            raise CheckpointError(f"{source}: entry {k} is a {type(v).__name__}, not a tensor")
+    return state
+
+
+def infer_arch(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Name the published size (L1/L2/L3) a state dict holds, or ``None`` for a custom one."""
+    pos = state.get("backbone.pos_embed")
+    if pos is None:
+        return None
+    depth = 1 + max(
+        (int(k.split(".")[2]) for k in state if k.startswith("backbone.layers.")), default=-1
+    )
+    return _ARCHS.get((int(pos.shape[-1]), depth))
+
+
+def check_state_dict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    ignore_missing: Iterable[str] = (),
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly the model's keys and shapes."""
+    expected = model.state_dict()
+    ignore = tuple(ignore_missing)
+    missing = sorted(k for k in expected if k not in state and not k.startswith(ignore))
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"{source} does not fit the model:"]
+    arch = infer_arch(state)
+    if arch:
+        lines.append(f"  the checkpoint holds PlainMamba-{arch}")
+    for k, got, want in shapes[:10]:
+        lines.append(f"  shape mismatch {k}: checkpoint {got}, model {want}")
+    if len(shapes) > 10:
+        lines.append(f"  ... and {len(shapes) - 10} more shape mismatches")
+    if missing:
+        lines.append(f"  missing in checkpoint ({len(missing)}): {missing[:8]}")
+    if unexpected:
+        lines.append(f"  not in model ({len(unexpected)}): {unexpected[:8]}")
+    raise CheckpointError("\n".join(lines))
+
+
+class PlainMambaCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that also reads released classification files and is strict.
+
+    A file with the released layout (``state_dict`` with ``backbone.*`` keys, or ``ema_*``
+    buffers) is converted on the fly. With ``strict=True`` (default) any missing, unexpected or
+    wrongly shaped key raises :class:`CheckpointError` instead of a logged warning.
+    """
+
+    def __init__(self, model: nn.Module, save_dir: str = "", *, strict: bool = True, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.strict = strict
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        data = load_official_file(f)
+        if "model" not in data and "state_dict" in data:
+            return {"model": convert_official_classification(data, source=f), "__author__": f}
+        return data
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        incompatible = super()._load_model(checkpoint)
+        if self.strict:
+            problems = []
+            for k, got, want in incompatible.incorrect_shapes:
+                problems.append(f"  shape mismatch {k}: checkpoint {got}, model {want}")
+            if incompatible.missing_keys:
+                problems.append(f"  missing in checkpoint: {incompatible.missing_keys[:8]}")
+            if incompatible.unexpected_keys:
+                problems.append(f"  not in model: {incompatible.unexpected_keys[:8]}")
+            if problems:
+                raise CheckpointError("checkpoint does not fit the model:\n" + "\n".join(problems))
+        return incompatible
+
+
+def save_detectron2_checkpoint(state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Write ``state`` in the format ``DetectionCheckpointer`` reads (``{"model": ...}``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"model": dict(state), "__author__": "plainmamba.convert"}, path)
+
+
+def convert_file(
+    src: str, dst: str, use_ema: bool = False, model: Optional[nn.Module] = None
+) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
+    """Convert ``src`` to ``dst``; check it against ``model`` when given. Returns (state, arch)."""
+    state = convert_official_classification(src, use_ema=use_ema)
+    if model is not None:
+        check_state_dict(model, state, source=src)
+    save_detectron2_checkpoint(state, dst)
+    return state, infer_arch(state)

@@ -1,0 +1,31 @@
+"""Optimizer parameter groups: the one place that says which parameters skip weight decay."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List
+
+import torch.nn as nn
+from detectron2.solver import get_default_optimizer_params
+
+__all__ = ["NO_WEIGHT_DECAY", "get_param_groups"]
+
+# Parameter names (the last component) that never get weight decay, as in the released recipes.
+# Norm layers and biases are exempt too (weight_decay_norm = weight_decay_bias = 0).
+NO_WEIGHT_DECAY = ("pos_embed", "level_embed", "A_log", "D", "direction_Bs")
+
+
+def get_param_groups(
+    model: nn.Module,
+    weight_decay: float = 0.05,
+    base_lr: float | None = None,
+    no_decay: Iterable[str] = NO_WEIGHT_DECAY,
+) -> List[Dict[str, Any]]:
+    """Detectron2 parameter groups with no decay on norms, biases and ``no_decay`` names."""
+    return get_default_optimizer_params(
+        model,
+        base_lr=base_lr,
+        weight_decay=weight_decay,
+        weight_decay_norm=0.0,
+        weight_decay_bias=0.0,
+        overrides={name: {"weight_decay": 0.0} for name in no_decay},
+    )
