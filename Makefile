@@ -1,0 +1,24 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test benchmark format clean
+
+setup:
+	@VENV=$(VENV) tools/setup_env.sh
+
+demo: setup
+	$(PY) projects/quickstart/quickstart.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+benchmark: setup
+	$(PY) tools/benchmark.py
+
+format: setup
+	$(PY) -m black -l 100 plainmamba tools tests configs projects setup.py
+
+clean:
+	rm -rf output build *.egg-info

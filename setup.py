@@ -1,0 +1,34 @@
+"""PlainMamba for Detectron2."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="plainmamba-detectron2",
+    version="0.1.0",
+    description="PlainMamba (arXiv 2403.17695) backbones, adapters and heads for Detectron2",
+    packages=find_packages(include=["plainmamba", "plainmamba.*"]),
+    python_requires=">=3.9",
+    # torch/torchvision and Detectron2 come from `make` (tools/setup_env.sh): torch from the build
+    # on local disk or the user's own, Detectron2 from a source build or the sal-detectron2 wheel.
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numba>=0.59",
+        "numpy",
+        "timm>=0.9",
+        "fvcore",
+        "iopath",
+        "omegaconf>=2.1",
+        "hydra-core>=1.1",
+        "pycocotools>=2.0.2",
+        "termcolor",
+        "yacs",
+        "tabulate",
+        "cloudpickle",
+        "tqdm",
+        "matplotlib",
+        "Pillow",
+        "setuptools<81",  # detectron2.model_zoo imports pkg_resources
+    ],
+    extras_require={"dev": ["pytest>=7", "black"]},
+)

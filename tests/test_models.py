@@ -1,0 +1,97 @@
+"""Every published size built from its config; shapes, sizes, gradients and bad input."""
+
+import math
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling import Backbone
+
+from conftest import REPO
+from plainmamba.modeling import PlainMamba
+
+PUBLISHED_PARAMS = {1: 7.36e6, 2: 25.76e6, 3: 50.51e6}
+
+
+def load_cfg(n):
+    return LazyConfig.load(str(REPO / "configs" / "ImageNet" / f"plainmamba_l{n}_300e.py"))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_backbone_parameter_counts(n):
+    backbone = instantiate(load_cfg(n).model.backbone)
+    count = sum(p.numel() for p in backbone.parameters())
+    assert abs(count - PUBLISHED_PARAMS[n]) < 0.005e6, count
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_each_size_runs_on_odd_input(n):
+    cfg = load_cfg(n)
+    model = instantiate(cfg.model).eval()
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 256, (3, 72, 104), dtype=torch.uint8)}])
+    assert out[0]["logits"].shape == (1000,)
+    assert torch.isfinite(out[0]["logits"]).all()
+
+
+def small(**kw):
+    args = dict(embed_dim=32, depth=4, num_stem_convs=1, dwconv_layers=[0])
+    args.update(kw)
+    return PlainMamba(**args)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (100, 130), (161, 97), (288, 352)])
+def test_any_input_size(size):
+    model = small(out_indices=[1, -1]).eval()
+    assert isinstance(model, Backbone)
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, *size))
+    grid = (math.ceil(math.ceil(size[0] / 2) / 8), math.ceil(math.ceil(size[1] / 2) / 8))
+    assert list(maps) == ["layer1", "layer3"]
+    for name, spec in model.output_shape().items():
+        assert spec.stride == 16 and spec.channels == 32
+        assert maps[name].shape == (1, 32, *grid)
+
+
+def test_position_embedding_resized_bicubic():
+    model = small()
+    pe = model.position_embedding((10, 6))
+    grid = model.pos_embed.reshape(1, 14, 14, 32).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(grid, (10, 6), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(pe, ref.flatten(2).transpose(1, 2))
+    assert model.position_embedding((14, 14)) is model.pos_embed
+
+
+def test_backward_and_drop_path():
+    model = small(drop_path_rate=0.3).train()
+    assert model.layers[0].drop_path.__class__.__name__ == "Identity"
+    assert abs(model.layers[-1].drop_path.drop_prob - 0.3) < 1e-6
+    maps = model(torch.randn(2, 3, 64, 80))
+    maps["layer3"].square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_taps_have_their_own_norms():
+    model = small(out_indices=[0, 2, 3])
+    names = {n for n, _ in model.named_children()}
+    assert {"norm_layer0", "norm_layer2", "ln1"} <= names and "norm_layer3" not in names
+
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (torch.randn(1, 3, 15, 64), "smaller than one 16x16 patch"),
+        (torch.randn(1, 1, 64, 64), "expected 3 channels, got 1"),
+        (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+        (torch.randn(3, 32, 32), r"expected a \(B, 3, H, W\) tensor"),
+    ],
+)
+def test_bad_input_is_named(x, match):
+    with pytest.raises(ValueError, match=match):
+        small()(x)
+
+
+def test_bad_out_indices():
+    with pytest.raises(ValueError, match="layer 7 does not exist"):
+        small(out_indices=[7])

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Create or complete the project virtualenv. Idempotent: installs only what is missing.
+#   VENV=.venv PYTHON=python3 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1" tools/setup_env.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+D2_WHEEL_SPEC=${D2_WHEEL_SPEC:-"sal-detectron2==0.7.2"}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PY="$VENV/bin/python"
+pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+
+has() { "$PY" -c "import $1" >/dev/null 2>&1; }
+
+if ! has torch || ! has torchvision; then
+  echo "[setup] installing $TORCH_SPEC"
+  # shellcheck disable=SC2086
+  pip_q $TORCH_SPEC
+fi
+
+if ! has detectron2; then
+  echo "[setup] installing Detectron2 ($D2_WHEEL_SPEC wheel; its compiled ops are not used)"
+  pip_q installer "setuptools<81"
+  tmp=$(mktemp -d)
+  # The wheel is tagged cp310 only because of compiled ops we do not import: fetch it for 3.10
+  # and unpack it with `installer`, which skips the tag check.
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps "$D2_WHEEL_SPEC" \
+    --python-version 3.10 --only-binary=:all: -d "$tmp"
+  "$PY" -m installer "$tmp"/*.whl
+  rm -rf "$tmp"
+fi
+
+# The package and every other dependency (editable, so the repository is what runs).
+stamp="$VENV/.plainmamba-installed"
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  echo "[setup] installing plainmamba (editable) and its dependencies"
+  pip_q -e ".[dev]"
+  touch "$stamp"
+fi
+"$PY" -c "import detectron2, torch, numba, plainmamba; print('[setup] ready: torch', torch.__version__, '| detectron2', detectron2.__version__, '| numba', numba.__version__)"
