@@ -53,7 +53,12 @@ def test_released_keys_convert_and_load(official_keys, tmp_path, n):
     torch.save(release, src)
     dst = tmp_path / f"l{n}_d2.pth"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_official_checkpoint.py"), str(src), str(dst)],
+        [
+            sys.executable,
+            str(REPO / "tools" / "convert_official_checkpoint.py"),
+            str(src),
+            str(dst),
+        ],
         capture_output=True,
         text=True,
     )

@@ -126,7 +126,9 @@ def test_auto_prefers_numba_on_cpu(monkeypatch):
     assert resolve_impl(None, torch.device("cpu")) == "numba"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
 def test_missing_mamba_gives_install_hint():
     with pytest.raises(RuntimeError, match="pip install mamba-ssm"):
         resolve_impl("mamba", torch.device("cpu"))

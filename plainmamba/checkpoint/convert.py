@@ -92,7 +92,9 @@ def convert_official_classification(
     state = {k: v for k, v in state.items() if not k.startswith("ema_")}
     if use_ema:
         if not ema:
-            raise CheckpointError(f"{source}: --ema requested but the checkpoint has no ema_* buffers")
+            raise CheckpointError(
+                f"{source}: --ema requested but the checkpoint has no ema_* buffers"
+            )
         used = 0
         for name in list(state):
             shadow = ema.get("ema_" + name.replace(".", "_"))

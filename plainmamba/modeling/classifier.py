@@ -89,7 +89,9 @@ class ImageClassifier(nn.Module):
             images.append(image)
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:
-            raise ValueError(f"all images of a classification batch must have one size, got {sizes}")
+            raise ValueError(
+                f"all images of a classification batch must have one size, got {sizes}"
+            )
         x = torch.stack(images).to(self.device, non_blocking=True).float()
         return (x - self.pixel_mean) / self.pixel_std
 
@@ -109,7 +111,9 @@ class ImageClassifier(nn.Module):
             target = torch.stack([torch.as_tensor(r["soft_label"]) for r in batched_inputs])
             target = target.to(logits.device, logits.dtype)
             return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        missing: Optional[int] = next((i for i, r in enumerate(batched_inputs) if "label" not in r), None)
+        missing: Optional[int] = next(
+            (i for i, r in enumerate(batched_inputs) if "label" not in r), None
+        )
         if missing is not None:
             raise ValueError(f"training input {missing} has no 'label' (or 'soft_label')")
         labels = torch.as_tensor([int(r["label"]) for r in batched_inputs], device=logits.device)

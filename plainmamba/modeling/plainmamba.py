@@ -46,7 +46,9 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int, what: str = "inp
 class ConvPatchEmbed(nn.Module):
     """Convolutional stem: 7x7/2 conv-BN-ReLU, ``num_convs`` 3x3 conv-BN-ReLU, 8x8/8 projection."""
 
-    def __init__(self, in_chans: int = 3, embed_dim: int = 192, num_convs: int = 1, patch_size: int = 16):
+    def __init__(
+        self, in_chans: int = 3, embed_dim: int = 192, num_convs: int = 1, patch_size: int = 16
+    ):
         super().__init__()
         if patch_size % 2:
             raise ValueError(f"patch_size must be even, got {patch_size}")
@@ -65,7 +67,8 @@ class ConvPatchEmbed(nn.Module):
         self.projection = nn.Conv2d(width, embed_dim, self.proj_stride, stride=self.proj_stride)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        x = self.stem(x)
+        # Channels-last convs are faster on CPU (oneDNN) and GPU, and end in token order.
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
         if self.convs is not None:
             x = self.convs(x)
         # "Corner" padding as released: zeros on the right and bottom up to a multiple of 8.
@@ -75,7 +78,7 @@ class ConvPatchEmbed(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
-        return x.flatten(2).transpose(1, 2), hw
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], hw[0] * hw[1], x.shape[1]), hw
 
 
 class PlainMambaMixer(nn.Module):
@@ -250,7 +253,9 @@ class PlainMamba(Backbone):
         for i in indices:
             j = i + self.depth if i < 0 else i
             if not 0 <= j < self.depth:
-                raise ValueError(f"out_indices: layer {i} does not exist in a {self.depth}-layer trunk")
+                raise ValueError(
+                    f"out_indices: layer {i} does not exist in a {self.depth}-layer trunk"
+                )
             out.append(j)
         if sorted(set(out)) != out:
             raise ValueError(f"out_indices must be increasing and distinct, got {list(indices)}")

@@ -153,7 +153,9 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
             )
         return "ref"
     if requested == "numba" and not _numba_available():
-        raise RuntimeError("selective-scan path 'numba' is not available: " + _INSTALL_HINTS["numba"])
+        raise RuntimeError(
+            "selective-scan path 'numba' is not available: " + _INSTALL_HINTS["numba"]
+        )
     if requested == "mamba" and not _mamba_available():
         raise RuntimeError(
             "selective-scan path 'mamba' is not available (needs CUDA and mamba-ssm): "
