@@ -137,3 +137,13 @@ def test_missing_mamba_gives_install_hint():
 def test_numba_refuses_cuda_device():
     with pytest.raises(ValueError, match="runs on cpu tensors"):
         resolve_impl("numba", torch.device("cuda"))
+
+
+def test_no_grad_with_leaf_parameters():
+    """Leaves that require grad, called under no_grad (an eval loop over a trained model)."""
+    inputs = make_inputs(1, 5, 6)
+    leaves = {k: v.requires_grad_() for k, v in inputs.items() if k != "hw"}
+    with torch.no_grad():
+        y = zigzag_scan(**leaves, hw=(5, 6), impl="numba")
+        y_ref = zigzag_scan(**leaves, hw=(5, 6), impl="ref")
+    assert rel_err(y, y_ref) < 1e-5

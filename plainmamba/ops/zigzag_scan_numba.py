@@ -313,7 +313,7 @@ def zigzag_scan_numba(
         y = torch.zeros_like(uf)
         block = _block_size(uf.shape[0], uf.shape[2], _sync_threads())
         _scan_fused_fwd(
-            uf.numpy(), dt.numpy(), _np(A.float().t()), _np(B.float()), _np(C.float()),
+            _np(uf), _np(dt), _np(A.float().t()), _np(B.float()), _np(C.float()),
             _np(direction_Bs.float()), _np(D.float()), orders.numpy(), dirs.numpy(), y.numpy(), block,
         )  # fmt: skip
         return y.to(out_dtype)
