@@ -52,7 +52,7 @@ def test_released_classifier_outputs(cls_fixture, impl):
         size = tuple(x.shape[-2:])
         assert rel_err(tokens.cpu(), case["tokens"]) < 1e-4, size
         assert list(maps) == ["layer1", "layer3"]
-        for got, want in zip(maps.values(), case["features"]):
+        for got, want in zip(maps.values(), case["features"], strict=True):
             assert got.shape == want.shape
             assert rel_err(got.cpu(), want) < 1e-4, size
         assert rel_err(logits.cpu(), case["logits"]) < 1e-4, size

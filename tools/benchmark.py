@@ -77,12 +77,12 @@ def main(argv: List[str] | None = None) -> int:
     for size in args.sizes:
         x = torch.randn(args.batch, 3, size, size)
         fns: Dict[str, Callable[[], object]] = {
-            name: (lambda m=m: m.head(m.backbone.forward_features(x)[0]))
+            name: (lambda m=m, x=x: m.head(m.backbone.forward_features(x)[0]))
             for name, m in models.items()
         }
         if deit is not None:
             deit_x = x if size == 224 else torch.nn.functional.interpolate(x, size=(224, 224))
-            fns["deit_tiny_patch16_224"] = lambda: deit(deit_x)
+            fns["deit_tiny_patch16_224"] = lambda x=deit_x: deit(x)
         times = time_round_robin(fns, args.warmup, args.iters)
         base = times.get("deit_tiny_patch16_224")
         for name, ms in times.items():

@@ -32,21 +32,26 @@ def main(argv: list[str] | None = None) -> int:
 
     from detectron2.config import LazyConfig, instantiate
 
-    from plainmamba.checkpoint import CheckpointError, convert_file, convert_official_classification
-    from plainmamba.checkpoint import infer_arch
+    from plainmamba.checkpoint import (
+        CheckpointError,
+        check_state_dict,
+        convert_official_classification,
+        infer_arch,
+        save_detectron2_checkpoint,
+    )
 
     try:
+        state = convert_official_classification(args.input, use_ema=args.ema)
+        arch = infer_arch(state)
         config = args.config_file
         if config is None:
-            arch = infer_arch(convert_official_classification(args.input, use_ema=False))
             if arch is None:
                 raise CheckpointError(
                     f"{args.input}: not one of the published sizes L1/L2/L3; pass --config-file"
                 )
             config = os.path.join(REPO, "configs", "ImageNet", f"plainmamba_{arch.lower()}_300e.py")
-        cfg = LazyConfig.load(config)
-        model = instantiate(cfg.model)
-        state, arch = convert_file(args.input, args.output, use_ema=args.ema, model=model)
+        check_state_dict(instantiate(LazyConfig.load(config).model), state, source=args.input)
+        save_detectron2_checkpoint(state, args.output)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

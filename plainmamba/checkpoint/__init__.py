@@ -4,7 +4,6 @@ from .convert import (
     CheckpointError,
     PlainMambaCheckpointer,
     check_state_dict,
-    convert_file,
     convert_official_classification,
     infer_arch,
     load_official_file,
@@ -19,5 +18,4 @@ __all__ = [
     "infer_arch",
     "load_official_file",
     "save_detectron2_checkpoint",
-    "convert_file",
 ]

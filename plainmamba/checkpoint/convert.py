@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,6 @@ __all__ = [
     "infer_arch",
     "PlainMambaCheckpointer",
     "save_detectron2_checkpoint",
-    "convert_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -201,14 +200,3 @@ def save_detectron2_checkpoint(state: Mapping[str, torch.Tensor], path: str) -> 
     """Write ``state`` in the format ``DetectionCheckpointer`` reads (``{"model": ...}``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save({"model": dict(state), "__author__": "plainmamba.convert"}, path)
-
-
-def convert_file(
-    src: str, dst: str, use_ema: bool = False, model: Optional[nn.Module] = None
-) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
-    """Convert ``src`` to ``dst``; check it against ``model`` when given. Returns (state, arch)."""
-    state = convert_official_classification(src, use_ema=use_ema)
-    if model is not None:
-        check_state_dict(model, state, source=src)
-    save_detectron2_checkpoint(state, dst)
-    return state, infer_arch(state)
