@@ -1,9 +1,14 @@
 """PlainMamba models for Detectron2."""
 
+from .adapter import MSDeformAttn, PlainMambaAdapter
+from .fpn import LastLevelP6P7Conv
 from .classifier import PIXEL_MEAN, PIXEL_STD, ImageClassifier, LinearClsHead
 from .plainmamba import ConvPatchEmbed, PlainMamba, PlainMambaLayer, PlainMambaMixer, check_images
 
 __all__ = [
+    "PlainMambaAdapter",
+    "LastLevelP6P7Conv",
+    "MSDeformAttn",
     "PlainMamba",
     "PlainMambaLayer",
     "PlainMambaMixer",

@@ -215,6 +215,7 @@ class PlainMamba(Backbone):
         self.embed_dim = embed_dim
         self.depth = depth
         self.final_norm = final_norm
+        self.drop_path_rate = drop_path_rate
         self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, num_stem_convs, patch_size)
         side = img_size // patch_size
         self.pos_grid = (side, side)

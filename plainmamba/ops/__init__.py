@@ -1,5 +1,6 @@
 """Operators of PlainMamba: each has a plain reference and fast paths chosen at runtime."""
 
+from .ms_deform_attn import MSDA_ENV_VAR, MSDA_IMPLS, ms_deform_attn, ms_deform_attn_ref
 from .scan_orders import scan_orders
 from .zigzag_scan import (
     ENV_VAR,
@@ -11,6 +12,10 @@ from .zigzag_scan import (
 )
 
 __all__ = [
+    "ms_deform_attn",
+    "ms_deform_attn_ref",
+    "MSDA_IMPLS",
+    "MSDA_ENV_VAR",
     "scan_orders",
     "zigzag_scan",
     "zigzag_scan_ref",
