@@ -27,6 +27,7 @@ setup(
         "cloudpickle",
         "tqdm",
         "matplotlib",
+        "tensorboard",  # Detectron2's TensorboardXWriter (torch.utils.tensorboard)
         "Pillow",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],

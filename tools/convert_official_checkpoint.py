@@ -1,11 +1,16 @@
 #!/usr/bin/env python
-"""Convert a released PlainMamba classification checkpoint into a Detectron2 checkpoint.
+"""Convert a released PlainMamba checkpoint (classifier or detector) into a Detectron2 checkpoint.
 
     python tools/convert_official_checkpoint.py plainmamba_l1.pth output/l1_d2.pth [--ema]
+    python tools/convert_official_checkpoint.py maskrcnn_l1.pth output/maskrcnn_l1_d2.pth \\
+        [--task mask_rcnn] [--config-file configs/COCO/...py]
 
-The result loads with ``DetectionCheckpointer`` into the model of
+What the file holds is detected from its keys (``--task auto``): an MMClassification classifier,
+or an MMDetection Mask R-CNN / RetinaNet. A classifier is checked key by key against the model of
 ``configs/ImageNet/plainmamba_l{1,2,3}_300e.py`` (picked from the checkpoint's shapes, or given
-with ``--config-file``), and is checked against that model key by key before it is written.
+with ``--config-file``) before it is written; a detector is checked against the model of
+``--config-file`` when one is given. The result loads with ``DetectionCheckpointer``.
+Errors (unreadable file, unrecognised or missing keys, a model that does not fit) exit with 2.
 """
 
 from __future__ import annotations
@@ -15,18 +20,28 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = ("auto", "classification", "mask_rcnn", "retinanet")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the converter; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="released checkpoint (.pth): {'state_dict': ...} or bare")
     parser.add_argument("output", help="Detectron2 checkpoint to write (.pth)")
-    parser.add_argument("--ema", action="store_true", help="use the ema_* copies of the weights")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="auto",
+        help="what the checkpoint holds (default: detected from its keys)",
+    )
+    parser.add_argument(
+        "--ema", action="store_true", help="use the ema_* copies of the weights (classification)"
+    )
     parser.add_argument(
         "--config-file",
         default=None,
-        help="LazyConfig whose model must accept the result (default: the ImageNet config of "
-        "the size found in the checkpoint)",
+        help="LazyConfig whose model must accept the result (default for classification: the "
+        "ImageNet config of the size found in the checkpoint; detectors: no check)",
     )
     args = parser.parse_args(argv)
 
@@ -35,30 +50,60 @@ def main(argv: list[str] | None = None) -> int:
     from plainmamba.checkpoint import (
         CheckpointError,
         check_state_dict,
+        convert_mmdet_detector,
         convert_official_classification,
+        detect_mmdet_kind,
         infer_arch,
+        is_mmdet_detector,
+        load_official_file,
+        released_state_dict,
         save_detectron2_checkpoint,
     )
 
     try:
-        state = convert_official_classification(args.input, use_ema=args.ema)
-        arch = infer_arch(state)
+        ckpt = load_official_file(args.input)
+        released, _ = released_state_dict(ckpt, args.input)
+        detector = is_mmdet_detector(released)
+        task = args.task
+        if task == "auto":
+            task = detect_mmdet_kind(released, args.input) if detector else "classification"
         config = args.config_file
-        if config is None:
-            if arch is None:
+        if task == "classification":
+            if detector:
                 raise CheckpointError(
-                    f"{args.input}: not one of the published sizes L1/L2/L3; pass --config-file"
+                    f"{args.input}: holds an MMDetection detector, not a classifier; "
+                    f"use --task auto, mask_rcnn or retinanet"
                 )
-            config = os.path.join(REPO, "configs", "ImageNet", f"plainmamba_{arch.lower()}_300e.py")
-        check_state_dict(instantiate(LazyConfig.load(config).model), state, source=args.input)
+            state = convert_official_classification(ckpt, use_ema=args.ema, source=args.input)
+            arch = infer_arch(state)
+            if config is None:
+                if arch is None:
+                    raise CheckpointError(
+                        f"{args.input}: not one of the published sizes L1/L2/L3; pass --config-file"
+                    )
+                config = os.path.join(
+                    REPO, "configs", "ImageNet", f"plainmamba_{arch.lower()}_300e.py"
+                )
+        else:
+            if args.ema:
+                raise CheckpointError("--ema applies to classification checkpoints only")
+            state = convert_mmdet_detector(ckpt, kind=task, source=args.input)
+            arch = infer_arch(state)
+        if config is not None:
+            check_state_dict(instantiate(LazyConfig.load(config).model), state, source=args.input)
         save_detectron2_checkpoint(state, args.output)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     n_params = sum(v.numel() for k, v in state.items() if k.startswith("backbone."))
+    checked = (
+        f"checked against {os.path.relpath(config)}"
+        if config is not None
+        else "not checked against a model (pass --config-file)"
+    )
     print(
-        f"wrote {args.output}: {len(state)} tensors, PlainMamba-{arch or 'custom'}, "
-        f"checked against {os.path.relpath(config)} ({n_params / 1e6:.2f} M backbone values)"
+        f"wrote {args.output}: {task}, {len(state)} tensors, PlainMamba-{arch or 'custom'}, "
+        f"{checked} ({n_params / 1e6:.2f} M backbone values)"
     )
     return 0
 

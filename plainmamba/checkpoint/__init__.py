@@ -7,15 +7,31 @@ from .convert import (
     convert_official_classification,
     infer_arch,
     load_official_file,
+    released_state_dict,
     save_detectron2_checkpoint,
+)
+from .convert_mmdet import (
+    MMDET_KINDS,
+    adapter_key,
+    convert_mmdet_detector,
+    detect_mmdet_kind,
+    is_mmdet_detector,
+    mmdet_to_d2_anchor_permutation,
 )
 
 __all__ = [
     "CheckpointError",
+    "MMDET_KINDS",
+    "adapter_key",
     "PlainMambaCheckpointer",
     "check_state_dict",
+    "convert_mmdet_detector",
     "convert_official_classification",
+    "detect_mmdet_kind",
     "infer_arch",
+    "is_mmdet_detector",
     "load_official_file",
+    "mmdet_to_d2_anchor_permutation",
+    "released_state_dict",
     "save_detectron2_checkpoint",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,7 @@ __all__ = [
     "convert_official_classification",
     "check_state_dict",
     "infer_arch",
+    "released_state_dict",
     "PlainMambaCheckpointer",
     "save_detectron2_checkpoint",
 ]
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 # (embed_dim, depth) -> published size; used to name what a checkpoint holds.
 _ARCHS = {(192, 24): "L1", (384, 24): "L2", (448, 36): "L3"}
 _CLS_PREFIXES = ("backbone.", "head.")
+# Where the trunk sits in a classifier and in a detector (FPN -> adapter -> trunk).
+_TRUNK_PREFIXES = ("backbone.", "backbone.bottom_up.trunk.")
 
 
 class CheckpointError(ValueError):
@@ -72,6 +75,22 @@ def _state_dict_of(ckpt: Mapping[str, Any], source: str) -> Dict[str, Any]:
     )
 
 
+def released_state_dict(
+    ckpt: Mapping[str, Any] | str, source: Optional[str] = None
+) -> Tuple[Dict[str, Any], str]:
+    """The state dict of a released file (path or loaded dict), without DDP ``module.`` prefixes.
+
+    Returns ``(state, source)``, where ``source`` names the file for error messages.
+    """
+    if isinstance(ckpt, str):
+        source = source or ckpt
+        ckpt = load_official_file(ckpt)
+    source = source or "checkpoint"
+    state = _state_dict_of(ckpt, source)
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state, source
+
+
 def convert_official_classification(
     ckpt: Mapping[str, Any] | str, use_ema: bool = False, source: Optional[str] = None
 ) -> Dict[str, torch.Tensor]:
@@ -80,13 +99,7 @@ def convert_official_classification(
     Returns a state dict for :class:`plainmamba.modeling.ImageClassifier`. ``ema_*`` buffers are
     dropped, or with ``use_ema`` replace the parameters they shadow.
     """
-    if isinstance(ckpt, str):
-        source = source or ckpt
-        ckpt = load_official_file(ckpt)
-    source = source or "checkpoint"
-    state = _state_dict_of(ckpt, source)
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-
+    state, source = released_state_dict(ckpt, source)
     ema = {k: v for k, v in state.items() if k.startswith("ema_")}
     state = {k: v for k, v in state.items() if not k.startswith("ema_")}
     if use_ema:
@@ -120,14 +133,21 @@ def convert_official_classification(
 
 
 def infer_arch(state: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """Name the published size (L1/L2/L3) a state dict holds, or ``None`` for a custom one."""
-    pos = state.get("backbone.pos_embed")
-    if pos is None:
-        return None
-    depth = 1 + max(
-        (int(k.split(".")[2]) for k in state if k.startswith("backbone.layers.")), default=-1
-    )
-    return _ARCHS.get((int(pos.shape[-1]), depth))
+    """Name the published size (L1/L2/L3) a state dict holds, or ``None`` for a custom one.
+
+    Works for classifiers (``backbone.*``) and detectors (``backbone.bottom_up.trunk.*``).
+    """
+    for prefix in _TRUNK_PREFIXES:
+        pos = state.get(prefix + "pos_embed")
+        if pos is None:
+            continue
+        layers = prefix + "layers."
+        depth = 1 + max(
+            (int(k[len(layers) :].split(".")[0]) for k in state if k.startswith(layers)),
+            default=-1,
+        )
+        return _ARCHS.get((int(pos.shape[-1]), depth))
+    return None
 
 
 def check_state_dict(
@@ -164,11 +184,13 @@ def check_state_dict(
 
 
 class PlainMambaCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that also reads released classification files and is strict.
+    """``DetectionCheckpointer`` that also reads released checkpoints and is strict.
 
-    A file with the released layout (``state_dict`` with ``backbone.*`` keys, or ``ema_*``
-    buffers) is converted on the fly. With ``strict=True`` (default) any missing, unexpected or
-    wrongly shaped key raises :class:`CheckpointError` instead of a logged warning.
+    A file with the released layout (a ``state_dict`` entry) is converted on the fly: an
+    MMDetection Mask R-CNN / RetinaNet file (``neck.*``, ``rpn_head.*``, ``roi_head.*`` or
+    ``bbox_head.*`` keys) with :func:`convert_mmdet_detector`, anything else as a classification
+    file. With ``strict=True`` (default) any missing, unexpected or wrongly shaped key raises
+    :class:`CheckpointError` instead of a logged warning.
     """
 
     def __init__(self, model: nn.Module, save_dir: str = "", *, strict: bool = True, **kwargs):
@@ -176,13 +198,63 @@ class PlainMambaCheckpointer(DetectionCheckpointer):
         self.strict = strict
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
+        # Imported here because convert_mmdet builds on this module.
+        from .convert_mmdet import convert_mmdet_detector, is_mmdet_detector
+
         data = load_official_file(f)
         if "model" not in data and "state_dict" in data:
-            return {"model": convert_official_classification(data, source=f), "__author__": f}
+            state, _ = released_state_dict(data, f)
+            if is_mmdet_detector(state):
+                model = convert_mmdet_detector(data, source=f)
+            else:
+                model = convert_official_classification(data, source=f)
+            return {"model": model, "__author__": f}
         return data
 
+    def _trunk_prefix(self) -> Optional[str]:
+        """Where a detector or segmenter keeps its PlainMamba trunk, e.g. ``backbone.bottom_up.trunk.``."""
+        for key in self.model.state_dict():
+            if key.endswith("pos_embed") and key != "backbone.pos_embed":
+                return key[: -len("pos_embed")]
+        return None
+
+    def _as_backbone_init(self, checkpoint: Dict[str, Any]) -> Optional[str]:
+        """Re-key an ImageNet classifier checkpoint onto a downstream model's trunk, in place.
+
+        Returns the trunk prefix when it did so. Only the trunk is initialised: the classifier's
+        head and final norm are dropped, the downstream parts keep their fresh initialisation.
+        """
+        prefix = self._trunk_prefix()
+        state = checkpoint.get("model", {})
+        if prefix is None or any(k.startswith(prefix) for k in state):
+            return None
+        if "backbone.pos_embed" not in state:
+            return None
+        model_keys = set(self.model.state_dict())
+        mapped, dropped = {}, []
+        for key, value in state.items():
+            target = prefix + key[len("backbone.") :] if key.startswith("backbone.") else None
+            if target in model_keys:
+                mapped[target] = value
+            else:
+                dropped.append(key)
+        self.logger.info(
+            f"Initialising the trunk ({prefix}*) from a classification checkpoint: "
+            f"{len(mapped)} tensors; not used: {sorted(dropped)[:8]}"
+            + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
+        )
+        checkpoint["model"] = mapped
+        return prefix
+
     def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        trunk_prefix = self._as_backbone_init(checkpoint)
         incompatible = super()._load_model(checkpoint)
+        if trunk_prefix is not None:
+            # Backbone initialisation: everything outside the trunk is new by design, so only
+            # the trunk has to be complete.
+            incompatible.missing_keys[:] = [
+                k for k in incompatible.missing_keys if k.startswith(trunk_prefix)
+            ]
         if self.strict:
             problems = []
             for k, got, want in incompatible.incorrect_shapes:

@@ -283,3 +283,28 @@ def register_shapes(root: str | Path, prefix: str = "shapes") -> tuple[str, str]
             )
         names.append(name)
     return names[0], names[1]
+
+
+def default_shapes_root() -> Path:
+    """``$DETECTRON2_DATASETS/shapes`` (Detectron2's data-set root variable), else ``datasets/shapes``."""
+    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "shapes"
+
+
+def shapes_dataset(
+    root: str | Path, split: str, prefix: str = "shapes", filter_empty: bool = False, **kwargs
+) -> list:
+    """Dataset dicts of a shapes split, generating the data first if needed.
+
+    For LazyConfig data loaders. In a distributed run only the first process of each machine
+    writes the files; the others wait for it. ``kwargs`` go to :func:`make_shapes_coco`.
+    """
+    from detectron2.data import get_detection_dataset_dicts
+    from detectron2.utils import comm
+
+    if split not in ("train", "val"):
+        raise ValueError(f"shapes_dataset: split must be 'train' or 'val', got {split!r}")
+    if comm.get_local_rank() == 0:
+        make_shapes_coco(root, **kwargs)
+    comm.synchronize()
+    names = register_shapes(root, prefix)
+    return get_detection_dataset_dicts(names[split == "val"], filter_empty=filter_empty)

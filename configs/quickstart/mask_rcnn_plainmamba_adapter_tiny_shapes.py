@@ -1,0 +1,86 @@
+"""A small PlainMamba-Adapter Mask R-CNN on the generated shapes data set: trains on one CPU.
+
+The released architecture at a reduced size (64-wide 4-layer trunk, 2 interactions, 64-channel
+FPN, light heads), trained on coloured circles, squares and triangles that
+``plainmamba.data.make_shapes_coco`` draws on first use under ``$DETECTRON2_DATASETS/shapes``.
+
+    python tools/lazyconfig_train_net.py \\
+        --config-file configs/quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py
+
+``naiveSyncBN`` normalisation works in one process and across CPU (gloo) processes alike.
+"""
+
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from plainmamba.data import SHAPE_CLASSES, default_shapes_root, register_shapes, shapes_dataset
+
+from ..common.coco_schedule_1x import train
+from ..common.data.coco_1x import dataloader
+from ..common.models.mask_rcnn_plainmamba_adapter import model
+from ..common.optim import AdamW as optimizer
+
+SHAPES_ROOT = str(default_shapes_root())
+register_shapes(SHAPES_ROOT)  # names and metadata only; the files appear on first use
+
+bottom_up = model.backbone.bottom_up
+bottom_up.trunk.update(
+    embed_dim=64, depth=4, num_stem_convs=1, dwconv_layers=[], img_size=128, drop_path_rate=0.0
+)
+bottom_up.update(
+    interaction_indexes=[[0, 1], [2, 3]],
+    conv_inplane=16,
+    deform_num_heads=4,
+    n_points=4,
+    norm="naiveSyncBN",
+)
+model.backbone.out_channels = 64
+model.backbone.norm = "naiveSyncBN"
+model.proposal_generator.head.in_channels = 64
+# Shapes span 15-70 px: anchors from 16 px.
+model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
+model.proposal_generator.pre_nms_topk = (600, 300)
+model.proposal_generator.post_nms_topk = (200, 100)
+model.roi_heads.num_classes = len(SHAPE_CLASSES)
+model.roi_heads.batch_size_per_image = 128
+model.roi_heads.box_head.input_shape = L(ShapeSpec)(channels=64, height=7, width=7)
+model.roi_heads.box_head.conv_dims = []
+model.roi_heads.box_head.fc_dims = [256]
+model.roi_heads.box_head.conv_norm = ""
+model.roi_heads.box_predictor.input_shape = L(ShapeSpec)(channels=256)
+model.roi_heads.mask_head.input_shape = L(ShapeSpec)(channels=64, width=14, height=14)
+model.roi_heads.mask_head.conv_dims = [64, 64, 64]
+
+dataloader.train.dataset = L(shapes_dataset)(root=SHAPES_ROOT, split="train")
+dataloader.train.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=(112, 128, 144), max_size=256, sample_style="choice"),
+    L(T.RandomFlip)(horizontal=True),
+]
+dataloader.train.total_batch_size = 4
+dataloader.train.num_workers = 1
+dataloader.test.dataset = L(shapes_dataset)(root=SHAPES_ROOT, split="val")
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=128, max_size=256)
+]
+dataloader.test.num_workers = 1
+dataloader.evaluator.dataset_name = "shapes_val"
+
+optimizer.lr = 1e-3
+
+train.max_iter = 600
+train.device = "cpu"
+train.eval_period = 600
+train.log_period = 20
+train.checkpointer.period = 200
+train.checkpointer.max_to_keep = 2
+train.output_dir = "output/tiny_shapes_mask_rcnn"
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(
+        values=[1.0, 0.1], milestones=[450], num_updates="${train.max_iter}"
+    ),
+    warmup_length=50 / 600,
+    warmup_factor=0.01,
+)

@@ -1,0 +1,29 @@
+"""Training entry point on Detectron2's engine for this project's LazyConfig files."""
+
+from .train_loop import (
+    ConfigError,
+    add_full_model_grad_clipping,
+    apply_overrides,
+    build_trainer,
+    check_args,
+    default_train_argument_parser,
+    do_test,
+    do_train,
+    load_config,
+    main,
+    resolve_device,
+)
+
+__all__ = [
+    "ConfigError",
+    "add_full_model_grad_clipping",
+    "apply_overrides",
+    "build_trainer",
+    "check_args",
+    "default_train_argument_parser",
+    "do_test",
+    "do_train",
+    "load_config",
+    "main",
+    "resolve_device",
+]

@@ -1,0 +1,464 @@
+"""Training and evaluation of LazyConfig files on Detectron2's engine.
+
+The config layout is Detectron2's LazyConfig convention: ``model``, ``dataloader.{train,test,
+evaluator}``, ``optimizer`` (its ``params.model`` is filled in here), ``lr_multiplier`` (a
+fvcore ``ParamScheduler``) and ``train`` as in Detectron2's ``common/train.py``. On top of that:
+
+* ``train.clip_grad = dict(enabled=True, max_norm=..., norm_type=2.0)``: clip the global gradient
+  norm over all parameters (MMDetection's ``grad_clip``); absent means disabled.
+* ``train.amp.precision``: ``"float16"`` (default) or ``"bfloat16"`` when ``train.amp.enabled``.
+* ``train.device`` asking for CUDA on a machine without falls back to CPU with a warning, and
+  multi-process runs on CPU use GLOO with ``device_ids=None`` DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import inspect
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+)
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ..checkpoint import PlainMambaCheckpointer
+
+__all__ = [
+    "ConfigError",
+    "add_full_model_grad_clipping",
+    "apply_overrides",
+    "build_trainer",
+    "check_args",
+    "default_train_argument_parser",
+    "do_test",
+    "do_train",
+    "load_config",
+    "main",
+    "resolve_device",
+]
+
+# Detectron2's default_setup configures the "detectron2" logger (console + log.txt); logging
+# under it puts our messages in the same places without extra handlers.
+logger = logging.getLogger("detectron2.plainmamba.engine")
+
+_ABSENT = object()
+_AMP_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+class ConfigError(ValueError):
+    """A config file or command-line override that cannot be used, with a readable message."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def default_train_argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` with usage examples for this project."""
+    script = "tools/lazyconfig_train_net.py"
+    epilog = f"""
+Examples:
+  train on one GPU (or the CPU):
+    $ python {script} --config-file CONFIG.py
+  train with 8 processes on one machine (GLOO on CPU-only machines):
+    $ python {script} --num-gpus 8 --dist-url auto --config-file CONFIG.py
+  change config values (keys must exist; prefix a new key with '+'):
+    $ python {script} --config-file CONFIG.py \\
+        train.max_iter=1000 +train.clip_grad.enabled=True +train.clip_grad.max_norm=1
+  resume from the last checkpoint in train.output_dir:
+    $ python {script} --config-file CONFIG.py --resume
+  evaluate a checkpoint:
+    $ python {script} --config-file CONFIG.py --eval-only train.init_checkpoint=model.pth
+"""
+    return default_argument_parser(epilog=epilog)
+
+
+def _target_accepts(target: Any, name: str) -> bool:
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except Exception:  # noqa: BLE001 - unknown targets fail later with their own error
+            return True
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return True  # builtins without a signature: cannot tell, do not block the override
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    param = params.get(name)
+    return param is not None and param.kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.VAR_POSITIONAL,
+    )
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, default=_ABSENT)
+    except Exception:  # noqa: BLE001 - e.g. a broken interpolation: the key is there
+        return None
+
+
+def _check_override_key(cfg: DictConfig, key: str, text: str, source: str) -> None:
+    if _select(cfg, key) is not _ABSENT:
+        return
+    parent_key, _, name = key.rpartition(".")
+    parent = _select(cfg, parent_key) if parent_key else cfg
+    msg = f"override {text!r}: key '{key}' does not exist in config {source}"
+    if isinstance(parent, DictConfig) and "_target_" in parent:
+        # Arguments a LazyCall leaves at their defaults are not keys yet, but valid overrides.
+        if _target_accepts(parent._target_, name):
+            return
+        target = parent._target_
+        target = target if isinstance(target, str) else getattr(target, "__qualname__", target)
+        raise ConfigError(f"{msg}, and {target} takes no argument '{name}'")
+    if isinstance(parent, DictConfig):
+        close = difflib.get_close_matches(name, [str(k) for k in parent.keys()], n=1)
+        if close:
+            msg += f" (did you mean '{parent_key + '.' if parent_key else ''}{close[0]}'?)"
+    elif parent is not _ABSENT:
+        msg += f" ('{parent_key}' is a value, not a group of keys)"
+    else:
+        parts = key.split(".")
+        first_absent = next(
+            ".".join(parts[: i + 1])
+            for i in range(len(parts))
+            if _select(cfg, ".".join(parts[: i + 1])) is _ABSENT
+        )
+        msg += f" (there is no '{first_absent}')"
+    raise ConfigError(f"{msg}. To add a new key, write '+{text}'")
+
+
+def apply_overrides(
+    cfg: DictConfig, overrides: Sequence[str], source: str = "config"
+) -> DictConfig:
+    """``LazyConfig.apply_overrides`` that rejects unknown keys with a message naming them.
+
+    OmegaConf silently creates keys that do not exist, so a typo would be ignored. A key is
+    accepted if it exists, if it is an argument of the LazyCall it belongs to, or if it is
+    written with Hydra's ``+key=value`` (add) syntax.
+    """
+    if not overrides:
+        return cfg
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except Exception as err:  # noqa: BLE001 - Hydra's parse errors are several types
+            raise ConfigError(
+                f"cannot parse override {text!r} for config {source} (expected key=value): {err}"
+            ) from err
+        key = override.key_or_group
+        if override.is_delete():
+            raise ConfigError(f"override {text!r}: deleting keys is not supported")
+        if not (override.is_add() or override.is_force_add()):
+            _check_override_key(cfg, key, text, source)
+    try:
+        return LazyConfig.apply_overrides(cfg, list(overrides))
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"cannot apply overrides {list(overrides)} to {source}: {err}") from err
+
+
+def load_config(config_file: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a LazyConfig file and apply ``key=value`` overrides, with clear errors."""
+    if not config_file:
+        raise ConfigError("no config file given: pass --config-file PATH")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file not found: {config_file}")
+    try:
+        cfg = LazyConfig.load(config_file)
+    except Exception as err:  # noqa: BLE001 - exec of arbitrary Python: name the file
+        raise ConfigError(f"cannot load config file {config_file}: {err}") from err
+    return apply_overrides(cfg, overrides or (), source=config_file)
+
+
+def _require(cfg: DictConfig, keys: Sequence[str], source: str) -> None:
+    missing = [k for k in keys if _select(cfg, k) in (_ABSENT, None)]
+    if missing:
+        raise ConfigError(f"config {source} lacks required keys: {', '.join(missing)}")
+
+
+def _required_keys(eval_only: bool) -> List[str]:
+    keys = ["model", "dataloader", "train.output_dir", "train.device"]
+    if not eval_only:
+        keys += ["optimizer", "lr_multiplier", "dataloader.train", "train.max_iter"]
+    return keys
+
+
+def check_args(args: argparse.Namespace) -> DictConfig:
+    """Load and validate the config named by ``args`` (raises :class:`ConfigError`).
+
+    Meant to run in the launching process, so that mistakes surface before workers start.
+    """
+    cfg = load_config(args.config_file, args.opts)
+    _require(cfg, _required_keys(args.eval_only), args.config_file)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the training loop
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    """``device``, or ``"cpu"`` (with a warning) when it asks for CUDA and there is none."""
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("train.device=%s but CUDA is not available: using the CPU", device)
+        return "cpu"
+    return device
+
+
+def add_full_model_grad_clipping(
+    optimizer: torch.optim.Optimizer, max_norm: float, norm_type: float = 2.0
+) -> torch.optim.Optimizer:
+    """Make ``optimizer.step()`` first clip the global gradient norm of all its parameters.
+
+    One norm over every parameter the optimizer updates, as MMDetection's ``grad_clip`` (and
+    unlike Detectron2's per-parameter ``CLIP_GRADIENTS``). Under AMP ``GradScaler.step``
+    unscales before it calls ``step``, so the clipping sees the true gradients. The norm before
+    clipping is logged as ``grad_norm`` when an event storage is active. Returns ``optimizer``,
+    modified in place: its class becomes a generated subclass, so its state dict is unchanged.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    if "step" in vars(optimizer):
+        # An instance-level step (e.g. torch's LRScheduler call-counting wrapper) holds the old
+        # class's function and would bypass the subclass.
+        raise ValueError(
+            "optimizer.step is wrapped on the instance (an LR scheduler was created already?); "
+            "add gradient clipping before creating schedulers"
+        )
+    # Applying twice replaces the previous setting instead of clipping twice.
+    base = getattr(type(optimizer), "_full_model_clip_base", type(optimizer))
+    base_step = base.step
+    max_norm, norm_type = float(max_norm), float(norm_type)
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if params:
+            total = nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            try:
+                get_event_storage().put_scalar("grad_norm", float(total))
+            except AssertionError:  # no storage outside a Detectron2 trainer
+                pass
+        ret = base_step(self)
+        return loss if closure is not None else ret
+
+    # torch re-wraps a class's step with its hook/profiler wrapper (on load_state_dict, too)
+    # unless marked; base_step is wrapped already, so wrapping ours would run hooks twice.
+    step.hooked = True
+    optimizer.__class__ = type(
+        base.__name__ + "WithFullModelGradClip",
+        (base,),
+        {"step": step, "_full_model_clip_base": base},
+    )
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        # Fused optimizers unscale inside step(); GradScaler must unscale before we clip.
+        optimizer._step_supports_amp_scaling = False
+    return optimizer
+
+
+def _amp_precision(value: Any) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    dtype = _AMP_DTYPES.get(str(value).lower())
+    if dtype is None:
+        raise ConfigError(f"train.amp.precision={value!r}; use 'float16' or 'bfloat16'")
+    return dtype
+
+
+def build_trainer(
+    cfg: DictConfig, model: nn.Module, data_loader: Any, optimizer: torch.optim.Optimizer
+) -> SimpleTrainer:
+    """``AMPTrainer`` if ``cfg.train.amp.enabled`` and the model is on CUDA, else ``SimpleTrainer``."""
+    amp = cfg.train.get("amp", None) or {}
+    if amp.get("enabled", False):
+        on_cuda = str(cfg.train.device).startswith("cuda") and torch.cuda.is_available()
+        if on_cuda:
+            precision = _amp_precision(amp.get("precision", "float16"))
+            # bfloat16 has float32's range: loss scaling would only cost time.
+            scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+            logger.info("Mixed precision training in %s", precision)
+            return AMPTrainer(
+                model, data_loader, optimizer, grad_scaler=scaler, precision=precision
+            )
+        logger.warning("train.amp.enabled is set, but AMP needs CUDA: training in float32")
+    return SimpleTrainer(model, data_loader, optimizer)
+
+
+def _create_ddp_model(model: nn.Module, device: str, ddp_kwargs: Any) -> nn.Module:
+    kwargs = dict(ddp_kwargs or {})
+    if not device.startswith("cuda"):
+        # Detectron2 passes device_ids=[local_rank], which DDP rejects for CPU modules.
+        kwargs["device_ids"] = None
+    return create_ddp_model(model, **kwargs)
+
+
+def _maybe_clip(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> None:
+    clip = cfg.train.get("clip_grad", None)
+    if not clip or not clip.get("enabled", False):
+        return
+    max_norm = clip.get("max_norm", None)
+    if max_norm is None:
+        raise ConfigError("train.clip_grad.enabled is set but train.clip_grad.max_norm is not")
+    norm_type = float(clip.get("norm_type", 2.0))
+    add_full_model_grad_clipping(optimizer, float(max_norm), norm_type)
+    logger.info("Clipping the global gradient norm to %s (norm type %s)", max_norm, norm_type)
+
+
+def _with_default_output_dir(node: Any, output_dir: str) -> Any:
+    """The evaluator config, with ``output_dir`` set if unset and the evaluator takes one."""
+    if isinstance(node, (ListConfig, list)):
+        return [_with_default_output_dir(n, output_dir) for n in node]
+    if not (isinstance(node, DictConfig) and "_target_" in node):
+        return node
+    if node.get("output_dir", None) is not None:
+        return node
+    target = node._target_
+    if isinstance(target, str):
+        target = locate(target)
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return node
+    if "output_dir" not in params:
+        return node
+    node = copy.deepcopy(node)
+    node.output_dir = os.path.join(output_dir, "inference")
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def do_test(cfg: DictConfig, model: nn.Module) -> Dict[str, Any]:
+    """Run ``cfg.dataloader.evaluator`` on ``cfg.dataloader.test``; ``{}`` if no evaluator.
+
+    On multi-process runs the evaluator gathers to the main process; others get ``{}``.
+    """
+    evaluator_cfg = cfg.dataloader.get("evaluator", None)
+    if evaluator_cfg is None:
+        logger.info("No dataloader.evaluator in the config: skipping evaluation")
+        return {}
+    evaluator_cfg = _with_default_output_dir(evaluator_cfg, cfg.train.output_dir)
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(evaluator_cfg)
+    )
+    results = results or {}
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
+    """Train ``cfg`` (resuming if ``args.resume``); returns the last evaluation results."""
+    cfg.train.device = resolve_device(cfg.train.device)
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    _maybe_clip(cfg, optimizer)
+
+    train_loader = instantiate(cfg.dataloader.train)
+    model = _create_ddp_model(model, cfg.train.device, cfg.train.get("ddp", None))
+    trainer = build_trainer(cfg, model, train_loader, optimizer)
+    checkpointer = PlainMambaCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+
+    last_results: Dict[str, Any] = {}
+
+    def evaluate() -> Dict[str, Any]:
+        last_results.clear()
+        last_results.update(do_test(cfg, model))
+        return last_results
+
+    main_process = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            (
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+                if main_process
+                else None
+            ),
+            hooks.EvalHook(cfg.train.get("eval_period", 0), evaluate),
+            (
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.get("log_period", 20),
+                )
+                if main_process
+                else None
+            ),
+        ]
+    )
+
+    checkpointer.resume_or_load(cfg.train.get("init_checkpoint", ""), resume=args.resume)
+    if args.resume and checkpointer.has_checkpoint():
+        # The checkpoint holds the iteration that had finished; go on with the next one.
+        start_iter = trainer.iter + 1
+    else:
+        start_iter = 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return last_results
+
+
+def _evaluate_checkpoint(cfg: DictConfig) -> Dict[str, Any]:
+    cfg.train.device = resolve_device(cfg.train.device)
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    if not cfg.train.get("init_checkpoint", None):
+        logger.warning("--eval-only without train.init_checkpoint: evaluating initial weights")
+    PlainMambaCheckpointer(model, cfg.train.output_dir).load(cfg.train.get("init_checkpoint", ""))
+    return do_test(cfg, model)
+
+
+def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """Per-process entry point for ``detectron2.engine.launch``: train, or ``--eval-only``."""
+    cfg = check_args(args)
+    default_setup(cfg, args)
+    # default_setup only configures the "detectron2" and "fvcore" loggers.
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="plainmamba")
+    if args.eval_only:
+        results = _evaluate_checkpoint(cfg)
+        if comm.is_main_process():
+            print(results)
+        return results
+    return do_train(cfg, args)
