@@ -10,6 +10,7 @@ setup:
 
 demo: setup
 	$(PY) projects/quickstart/quickstart.py
+	$(PY) projects/quickstart/shapes_detection.py
 
 test: setup
 	$(PY) -m pytest -q tests

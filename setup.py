@@ -29,6 +29,7 @@ setup(
         "matplotlib",
         "tensorboard",  # Detectron2's TensorboardXWriter (torch.utils.tensorboard)
         "Pillow",
+        "opencv-python-headless",  # Detectron2's Visualizer draws polygons with cv2
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
     extras_require={"dev": ["pytest>=7", "black"]},
