@@ -10,15 +10,8 @@ Evaluate released weights (converted with tools/convert_official_checkpoint.py):
         train.init_checkpoint=checkpoints/mask_rcnn_l2_d2.pth
 """
 
-from ..common.coco_schedule_1x import lr_multiplier, train
-from ..common.data.coco_1x import dataloader
-from ..common.models.mask_rcnn_plainmamba_adapter import model
+from ..common.mask_rcnn_1x import dataloader, lr_multiplier, model, optimizer, train
 from ..common.models.plainmamba_adapter import ADAPTER_L2
-from ..common.optim import AdamW as optimizer
 
 model.backbone.bottom_up.update(ADAPTER_L2["adapter"])
 model.backbone.bottom_up.trunk.update(ADAPTER_L2["trunk"])
-
-optimizer.lr = 1e-4
-optimizer.weight_decay = 0.05
-optimizer.params.weight_decay = 0.05
