@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test benchmark format clean
+.PHONY: setup demo demo-seg test benchmark format clean
 
 setup:
 	@VENV=$(VENV) tools/setup_env.sh
@@ -11,6 +11,9 @@ setup:
 demo: setup
 	$(PY) projects/quickstart/quickstart.py
 	$(PY) projects/quickstart/shapes_detection.py
+
+demo-seg: setup
+	$(PY) projects/quickstart/shapes_segmentation.py
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -19,13 +19,18 @@ def get_param_groups(
     weight_decay: float = 0.05,
     base_lr: float | None = None,
     no_decay: Iterable[str] = NO_WEIGHT_DECAY,
+    decay_bias: bool = False,
 ) -> List[Dict[str, Any]]:
-    """Detectron2 parameter groups with no decay on norms, biases and ``no_decay`` names."""
+    """Detectron2 parameter groups with no decay on norms, biases and ``no_decay`` names.
+
+    ``decay_bias=True`` decays biases like weights (the released ADE20K recipe exempts norms and
+    the ``no_decay`` names only; its COCO and ImageNet recipes exempt biases too).
+    """
     return get_default_optimizer_params(
         model,
         base_lr=base_lr,
         weight_decay=weight_decay,
         weight_decay_norm=0.0,
-        weight_decay_bias=0.0,
+        weight_decay_bias=weight_decay if decay_bias else 0.0,
         overrides={name: {"weight_decay": 0.0} for name in no_decay},
     )

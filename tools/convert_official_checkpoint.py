@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""Convert a released PlainMamba checkpoint (classifier or detector) into a Detectron2 checkpoint.
+"""Convert a released PlainMamba checkpoint (classifier, detector or UperNet) for Detectron2.
 
     python tools/convert_official_checkpoint.py plainmamba_l1.pth output/l1_d2.pth [--ema]
     python tools/convert_official_checkpoint.py maskrcnn_l1.pth output/maskrcnn_l1_d2.pth \\
         [--task mask_rcnn] [--config-file configs/COCO/...py]
+    python tools/convert_official_checkpoint.py l1_upernet.pth output/upernet_l1_d2.pth \\
+        [--task upernet] [--config-file configs/ADE20K/upernet_plainmamba_l1_160k.py]
 
 What the file holds is detected from its keys (``--task auto``): an MMClassification classifier,
-or an MMDetection Mask R-CNN / RetinaNet. A classifier is checked key by key against the model of
+an MMDetection Mask R-CNN / RetinaNet, or an MMSegmentation UperNet (``decode_head.*``). A
+classifier is checked key by key against the model of
 ``configs/ImageNet/plainmamba_l{1,2,3}_300e.py`` (picked from the checkpoint's shapes, or given
-with ``--config-file``) before it is written; a detector is checked against the model of
-``--config-file`` when one is given. The result loads with ``DetectionCheckpointer``.
+with ``--config-file``) before it is written; a detector or UperNet is checked against the model
+of ``--config-file`` when one is given. The result loads with ``DetectionCheckpointer``.
 Errors (unreadable file, unrecognised or missing keys, a model that does not fit) exit with 2.
 """
 
@@ -20,7 +23,7 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = ("auto", "classification", "mask_rcnn", "retinanet")
+TASKS = ("auto", "classification", "mask_rcnn", "retinanet", "upernet")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config-file",
         default=None,
         help="LazyConfig whose model must accept the result (default for classification: the "
-        "ImageNet config of the size found in the checkpoint; detectors: no check)",
+        "ImageNet config of the size found in the checkpoint; detectors, UperNets: no check)",
     )
     args = parser.parse_args(argv)
 
@@ -51,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         CheckpointError,
         check_state_dict,
         convert_mmdet_detector,
+        convert_mmseg_upernet,
         convert_official_classification,
         detect_mmdet_kind,
         infer_arch,
         is_mmdet_detector,
+        is_mmseg_upernet,
         load_official_file,
         released_state_dict,
         save_detectron2_checkpoint,
@@ -63,16 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ckpt = load_official_file(args.input)
         released, _ = released_state_dict(ckpt, args.input)
-        detector = is_mmdet_detector(released)
+        segmentor = is_mmseg_upernet(released)
+        detector = not segmentor and is_mmdet_detector(released)
         task = args.task
         if task == "auto":
-            task = detect_mmdet_kind(released, args.input) if detector else "classification"
+            if segmentor:
+                task = "upernet"
+            else:
+                task = detect_mmdet_kind(released, args.input) if detector else "classification"
         config = args.config_file
         if task == "classification":
-            if detector:
+            if detector or segmentor:
+                held = "an MMSegmentation UperNet" if segmentor else "an MMDetection detector"
                 raise CheckpointError(
-                    f"{args.input}: holds an MMDetection detector, not a classifier; "
-                    f"use --task auto, mask_rcnn or retinanet"
+                    f"{args.input}: holds {held}, not a classifier; use --task auto, "
+                    f"mask_rcnn, retinanet or upernet"
                 )
             state = convert_official_classification(ckpt, use_ema=args.ema, source=args.input)
             arch = infer_arch(state)
@@ -87,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.ema:
                 raise CheckpointError("--ema applies to classification checkpoints only")
-            state = convert_mmdet_detector(ckpt, kind=task, source=args.input)
+            if task == "upernet":
+                state = convert_mmseg_upernet(ckpt, source=args.input)
+            else:
+                state = convert_mmdet_detector(ckpt, kind=task, source=args.input)
             arch = infer_arch(state)
         if config is not None:
             check_state_dict(instantiate(LazyConfig.load(config).model), state, source=args.input)

@@ -18,6 +18,7 @@ from .convert_mmdet import (
     is_mmdet_detector,
     mmdet_to_d2_anchor_permutation,
 )
+from .convert_mmseg import convert_mmseg_upernet, is_mmseg_upernet, upernet_keys
 
 __all__ = [
     "CheckpointError",
@@ -26,12 +27,15 @@ __all__ = [
     "PlainMambaCheckpointer",
     "check_state_dict",
     "convert_mmdet_detector",
+    "convert_mmseg_upernet",
     "convert_official_classification",
     "detect_mmdet_kind",
     "infer_arch",
     "is_mmdet_detector",
+    "is_mmseg_upernet",
     "load_official_file",
     "mmdet_to_d2_anchor_permutation",
     "released_state_dict",
     "save_detectron2_checkpoint",
+    "upernet_keys",
 ]

@@ -187,9 +187,11 @@ class PlainMambaCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that also reads released checkpoints and is strict.
 
     A file with the released layout (a ``state_dict`` entry) is converted on the fly: an
+    MMSegmentation UperNet (``decode_head.*`` keys) with :func:`convert_mmseg_upernet`, an
     MMDetection Mask R-CNN / RetinaNet file (``neck.*``, ``rpn_head.*``, ``roi_head.*`` or
     ``bbox_head.*`` keys) with :func:`convert_mmdet_detector`, anything else as a classification
-    file. With ``strict=True`` (default) any missing, unexpected or wrongly shaped key raises
+    file. A classification checkpoint loaded into a detector or segmentor initialises its trunk
+    only. With ``strict=True`` (default) any missing, unexpected or wrongly shaped key raises
     :class:`CheckpointError` instead of a logged warning.
     """
 
@@ -198,13 +200,16 @@ class PlainMambaCheckpointer(DetectionCheckpointer):
         self.strict = strict
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
-        # Imported here because convert_mmdet builds on this module.
+        # Imported here because convert_mmdet and convert_mmseg build on this module.
         from .convert_mmdet import convert_mmdet_detector, is_mmdet_detector
+        from .convert_mmseg import convert_mmseg_upernet, is_mmseg_upernet
 
         data = load_official_file(f)
         if "model" not in data and "state_dict" in data:
             state, _ = released_state_dict(data, f)
-            if is_mmdet_detector(state):
+            if is_mmseg_upernet(state):
+                model = convert_mmseg_upernet(data, source=f)
+            elif is_mmdet_detector(state):
                 model = convert_mmdet_detector(data, source=f)
             else:
                 model = convert_official_classification(data, source=f)
@@ -212,10 +217,18 @@ class PlainMambaCheckpointer(DetectionCheckpointer):
         return data
 
     def _trunk_prefix(self) -> Optional[str]:
-        """Where a detector or segmenter keeps its PlainMamba trunk, e.g. ``backbone.bottom_up.trunk.``."""
-        for key in self.model.state_dict():
+        """Where a detector or segmentor keeps its PlainMamba trunk, e.g. ``backbone.``.
+
+        ``None`` for a classifier: its trunk and head sit where a classification checkpoint has
+        them, so there is nothing to re-key.
+        """
+        keys = self.model.state_dict()
+        for key in keys:
             if key.endswith("pos_embed") and key != "backbone.pos_embed":
                 return key[: -len("pos_embed")]
+        # A segmentor keeps its trunk at ``backbone.`` like a classifier, but has no ``head.``.
+        if "backbone.pos_embed" in keys and not any(k.startswith("head.") for k in keys):
+            return "backbone."
         return None
 
     def _as_backbone_init(self, checkpoint: Dict[str, Any]) -> Optional[str]:
@@ -226,9 +239,13 @@ class PlainMambaCheckpointer(DetectionCheckpointer):
         """
         prefix = self._trunk_prefix()
         state = checkpoint.get("model", {})
-        if prefix is None or any(k.startswith(prefix) for k in state):
+        if prefix is None or "backbone.pos_embed" not in state:
             return None
-        if "backbone.pos_embed" not in state:
+        if prefix == "backbone.":
+            # Same trunk prefix: only a file with a classifier head is a backbone init.
+            if not any(k.startswith("head.") for k in state):
+                return None
+        elif any(k.startswith(prefix) for k in state):
             return None
         model_keys = set(self.model.state_dict())
         mapped, dropped = {}, []
@@ -251,9 +268,16 @@ class PlainMambaCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         if trunk_prefix is not None:
             # Backbone initialisation: everything outside the trunk is new by design, so only
-            # the trunk has to be complete.
+            # the trunk has to be complete. The segmentation taps' norm_layer{i} do not exist in
+            # a classifier; the released UperNets start them fresh too.
+            taps = trunk_prefix + "norm_layer"
+            fresh = [k for k in incompatible.missing_keys if k.startswith(taps)]
+            if fresh:
+                self.logger.info(f"Trunk keys not in the classification checkpoint: {fresh}")
             incompatible.missing_keys[:] = [
-                k for k in incompatible.missing_keys if k.startswith(trunk_prefix)
+                k
+                for k in incompatible.missing_keys
+                if k.startswith(trunk_prefix) and not k.startswith(taps)
             ]
         if self.strict:
             problems = []

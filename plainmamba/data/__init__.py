@@ -1,6 +1,15 @@
-"""Data sets and dataset mappers for training PlainMamba detectors with Detectron2."""
+"""Data sets, dataset mappers and augmentations for training PlainMamba models with Detectron2."""
 
+from .sem_seg import SemSegLabelReader
 from .mapper import ImageReadError, SafeDatasetMapper, sanitize_annotations
+from .seg_shapes import (
+    SEG_IGNORE_LABEL,
+    SEG_SHAPE_CLASSES,
+    default_shapes_semseg_root,
+    make_shapes_semseg,
+    register_shapes_semseg,
+    shapes_semseg_dataset,
+)
 from .shapes import (
     SHAPE_CLASSES,
     default_shapes_root,
@@ -8,14 +17,33 @@ from .shapes import (
     register_shapes,
     shapes_dataset,
 )
+from .transforms import (
+    CV2ResizeTransform,
+    PhotoMetricDistortion,
+    PhotoMetricTransform,
+    ResizeByRatioRange,
+    mmcv_rescale_size,
+)
 
 __all__ = [
+    "SemSegLabelReader",
+    "CV2ResizeTransform",
     "ImageReadError",
+    "PhotoMetricDistortion",
+    "PhotoMetricTransform",
+    "ResizeByRatioRange",
+    "SEG_IGNORE_LABEL",
+    "SEG_SHAPE_CLASSES",
     "SHAPE_CLASSES",
     "SafeDatasetMapper",
-    "make_shapes_coco",
     "default_shapes_root",
-    "shapes_dataset",
+    "default_shapes_semseg_root",
+    "make_shapes_coco",
+    "make_shapes_semseg",
+    "mmcv_rescale_size",
     "register_shapes",
+    "register_shapes_semseg",
     "sanitize_annotations",
+    "shapes_dataset",
+    "shapes_semseg_dataset",
 ]

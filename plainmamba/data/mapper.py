@@ -6,6 +6,12 @@ crashes a training run deep inside ``PolygonMasks`` or the box losses. ``SafeDat
 keeps Detectron2's behaviour for good data and its constructor (so ``@configurable`` and LazyConfig
 ``L(SafeDatasetMapper)(...)`` work unchanged), but names the file when an image cannot be read and
 drops annotations that cannot be trained on.
+
+For semantic segmentation it also checks each label map against its image before any
+augmentation: the sizes must agree, and, when ``sem_seg_num_classes`` is given, every value must
+be a class index or the ignore value. A wrongly prepared data set (ADE20K labels not shifted, a
+label folder from another release) then fails on its first image with the file named, instead
+of training on garbage or failing inside the loss.
 """
 
 from __future__ import annotations
@@ -94,10 +100,30 @@ def sanitize_annotations(annos: list[dict], use_instance_mask: bool) -> list[dic
 class SafeDatasetMapper(DatasetMapper):
     """``DatasetMapper`` with clear image-read errors and degenerate-annotation filtering.
 
-    Takes exactly the arguments of :class:`detectron2.data.DatasetMapper`.
+    Takes the arguments of :class:`detectron2.data.DatasetMapper`, plus two keyword-only ones
+    for label maps (``sem_seg_file_name``):
+
+    - ``sem_seg_num_classes``: if given, label values must lie in ``[0, sem_seg_num_classes)`` or
+      equal ``ignore_label``; if None, only the label map's size is checked.
+    - ``ignore_label``: the value that marks unlabelled pixels (255, Detectron2's convention).
     """
 
-    def _read_image(self, file_name: str, image_format: str | None = None) -> np.ndarray:
+    def __init__(
+        self,
+        *args,
+        sem_seg_num_classes: int | None = None,
+        ignore_label: int = 255,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if sem_seg_num_classes is not None and int(sem_seg_num_classes) < 1:
+            raise ValueError(f"sem_seg_num_classes must be >= 1, got {sem_seg_num_classes}")
+        self.sem_seg_num_classes = None if sem_seg_num_classes is None else int(sem_seg_num_classes)
+        self.ignore_label = int(ignore_label)
+
+    def _read_image(
+        self, file_name: str, image_format: str | None = None, what: str = "image"
+    ) -> np.ndarray:
         try:
             return utils.read_image(file_name, format=image_format or self.image_format)
         except ImageReadError:
@@ -106,8 +132,33 @@ class SafeDatasetMapper(DatasetMapper):
             # Anything raised while opening or decoding is a property of the file, whatever
             # exception type PIL or the path manager chose for it.
             raise ImageReadError(
-                f"cannot read image {file_name!r}: {type(e).__name__}: {e}", path=file_name
+                f"cannot read {what} {file_name!r}: {type(e).__name__}: {e}", path=file_name
             ) from e
+
+    def _check_sem_seg(
+        self, sem_seg: np.ndarray, image: np.ndarray, sem_seg_file: str, image_file: str
+    ) -> None:
+        """Raise ``ValueError`` if the label map does not fit its image or has unknown values."""
+        if sem_seg.shape[:2] != image.shape[:2]:
+            (lh, lw), (ih, iw) = sem_seg.shape[:2], image.shape[:2]
+            raise ValueError(
+                f"label map {sem_seg_file!r} is {lh}x{lw} (HxW) but its image {image_file!r} "
+                f"is {ih}x{iw}"
+            )
+        num_classes = self.sem_seg_num_classes
+        if num_classes is None:
+            return
+        valid = ((sem_seg >= 0) & (sem_seg < num_classes)) | (sem_seg == self.ignore_label)
+        if valid.all():
+            return
+        bad = np.unique(sem_seg[~valid])
+        shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+        raise ValueError(
+            f"label map {sem_seg_file!r} has values [{shown}] outside [0, {num_classes}) "
+            f"(the ignore value {self.ignore_label} is also allowed); was the data set prepared "
+            f"for this number of classes (e.g. ADE20K labels shifted by "
+            f"datasets/prepare_ade20k_sem_seg.py)?"
+        )
 
     def _transform_annotations(self, dataset_dict, transforms, image_shape):
         raw = dataset_dict.pop("annotations")
@@ -161,7 +212,9 @@ class SafeDatasetMapper(DatasetMapper):
         utils.check_image_size(dataset_dict, image)
 
         if "sem_seg_file_name" in dataset_dict:
-            sem_seg_gt = self._read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
+            sem_seg_file = dataset_dict.pop("sem_seg_file_name")
+            sem_seg_gt = self._read_image(sem_seg_file, "L", what="label map").squeeze(2)
+            self._check_sem_seg(sem_seg_gt, image, sem_seg_file, dataset_dict["file_name"])
         else:
             sem_seg_gt = None
 

@@ -4,6 +4,13 @@ from .adapter import MSDeformAttn, PlainMambaAdapter
 from .fpn import LastLevelP6P7Conv
 from .classifier import PIXEL_MEAN, PIXEL_STD, ImageClassifier, LinearClsHead
 from .plainmamba import ConvPatchEmbed, PlainMamba, PlainMambaLayer, PlainMambaMixer, check_images
+from .segmentation import (
+    PPM,
+    ConvModule,
+    EncoderDecoderSegmentor,
+    FCNHead,
+    UPerHead,
+)
 
 __all__ = [
     "PlainMambaAdapter",
@@ -18,4 +25,9 @@ __all__ = [
     "PIXEL_MEAN",
     "PIXEL_STD",
     "check_images",
+    "ConvModule",
+    "EncoderDecoderSegmentor",
+    "FCNHead",
+    "PPM",
+    "UPerHead",
 ]

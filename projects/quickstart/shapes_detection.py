@@ -20,48 +20,35 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import List
 
-import numpy as np
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(
-    REPO, "configs", "quickstart", "mask_rcnn_plainmamba_adapter_tiny_shapes.py"
-)
+from demo_utils import REPO, load_trained, save_side_by_side, train_config, val_records
+
+CONFIG = os.path.join(REPO, "configs", "quickstart", "mask_rcnn_plainmamba_adapter_tiny_shapes.py")
 MIN_AP50 = 30.0
 
 
 def visualize(cfg, checkpoint: str, out_dir: str, num: int, threshold: float = 0.5) -> List[str]:
     """Draw ground truth and predictions of ``checkpoint`` on ``num`` validation images."""
     from detectron2.config import instantiate
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import MetadataCatalog
     from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import Visualizer
-    from PIL import Image
 
-    from plainmamba.checkpoint import PlainMambaCheckpointer
-
-    model = instantiate(cfg.model).eval()
-    PlainMambaCheckpointer(model).load(checkpoint)
+    model = load_trained(cfg, checkpoint)
     mapper = instantiate(cfg.dataloader.test.mapper)
-    name = cfg.dataloader.evaluator.dataset_name
-    metadata = MetadataCatalog.get(name)
-    records = [r for r in DatasetCatalog.get(name) if r["annotations"]][:num]
-    os.makedirs(out_dir, exist_ok=True)
+    metadata = MetadataCatalog.get(cfg.dataloader.evaluator.dataset_name)
     written = []
-    for record in records:
+    for record in val_records(cfg, num, keep=lambda r: r["annotations"]):
         image = read_image(record["file_name"], format="RGB")
         with torch.no_grad():
             instances = model([mapper(dict(record))])[0]["instances"].to("cpu")
         instances = instances[instances.scores >= threshold]
         truth = Visualizer(image, metadata, scale=3.0).draw_dataset_dict(record).get_image()
         pred = Visualizer(image, metadata, scale=3.0).draw_instance_predictions(instances)
-        canvas = np.concatenate([truth, pred.get_image()], axis=1)
-        path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0])
-        Image.fromarray(canvas).save(path + ".png")
-        written.append(path + ".png")
+        written.append(save_side_by_side(truth, pred.get_image(), out_dir, record["file_name"]))
     return written
 
 
@@ -72,19 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("opts", nargs="*", help="config overrides KEY=VALUE")
     args = parser.parse_args(argv)
 
-    from detectron2.config import LazyConfig
-
-    from plainmamba.engine import default_train_argument_parser
-    from plainmamba.engine import main as train_main
-
-    overrides = [f"train.output_dir={args.output_dir}", *args.opts]
-    train_args = default_train_argument_parser().parse_args(["--config-file", CONFIG, *overrides])
-    start = time.time()
-    results = train_main(train_args) or {}
-    minutes = (time.time() - start) / 60
-
-    cfg = LazyConfig.load(CONFIG)
-    cfg = LazyConfig.apply_overrides(cfg, overrides)
+    cfg, results, minutes = train_config(CONFIG, args.output_dir, args.opts)
     final = os.path.join(args.output_dir, "model_final.pth")
     pngs = visualize(cfg, final, os.path.join(args.output_dir, "vis"), args.num_vis)
 

@@ -1,0 +1,255 @@
+"""A small generated semantic-segmentation data set of shapes on textured backgrounds.
+
+Each pixel is labelled background, circle, square, triangle or ring. A shape's colour is random
+and backgrounds are gradients, noise, stripes or checkerboards, so a model has to use shape and
+context, not a colour lookup. Shapes may overlap (later ones cover earlier ones) and rings show
+the background through their hole. As in ADE20K, some pixels are unlabelled: a thin band of the
+ignore value 255 runs along the outline of some shapes. Image sizes are random and mostly odd.
+
+The layout is Detectron2's ``load_sem_seg`` one: ``images/{train,val}/<name>.png`` and
+``labels/{train,val}/<name>.png`` (uint8 label maps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .shapes import _background, _outline, _shape_colour, _write_json
+
+__all__ = [
+    "SEG_SHAPE_CLASSES",
+    "SEG_IGNORE_LABEL",
+    "default_shapes_semseg_root",
+    "make_shapes_semseg",
+    "register_shapes_semseg",
+    "shapes_semseg_dataset",
+]
+
+SEG_SHAPE_CLASSES = ("background", "circle", "square", "triangle", "ring")
+SEG_IGNORE_LABEL = 255
+
+# Bump when the rendering changes, so that an old data set on disk is not mistaken for a new one.
+_FORMAT_VERSION = 1
+_MAX_SHAPES = 4
+# Share of shapes whose outline is marked unlabelled.
+_IGNORE_BORDER_PROB = 0.5
+
+
+def _split_dirs(root: Path, split: str) -> tuple[Path, Path]:
+    return root / "images" / split, root / "labels" / split
+
+
+def _textured_background(
+    rng: np.random.Generator, h: int, w: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """An HxWx3 uint8 texture and the colours a shape must contrast with."""
+    kind = rng.integers(4)
+    if kind < 2:
+        # Gradient or noise, as in the detection shapes.
+        return _background(rng, h, w)
+    a = rng.uniform(0, 255, size=3)
+    b = np.clip(a + rng.uniform(-90, 90, size=3), 0, 255)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    if kind == 2:
+        angle = rng.uniform(0, math.pi)
+        period = rng.uniform(6, 24)
+        t = xx * math.cos(angle) + yy * math.sin(angle)
+        # Soft stripes: a sinusoid between the two colours.
+        mix = 0.5 + 0.5 * np.sin(2 * math.pi * t / period)
+    else:
+        cell = int(rng.integers(6, 20))
+        mix = ((xx // cell + yy // cell) % 2).astype(np.float64)
+    img = a[None, None, :] * (1 - mix[..., None]) + b[None, None, :] * mix[..., None]
+    img += rng.normal(0, 4, size=img.shape)
+    return np.clip(img, 0, 255).round().astype(np.uint8), [a, b, (a + b) / 2]
+
+
+def _shape_mask(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A boolean HxW mask of one shape placed fully inside the image."""
+    short = min(h, w)
+    size = rng.uniform(0.2, 0.55) * short
+    angle = rng.uniform(0, 2 * math.pi)
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    # Centre so the circumscribed circle stays one pixel inside the image.
+    if kind in ("circle", "ring"):
+        radius = size / 2
+    else:
+        radius = size / math.sqrt(3 if kind == "triangle" else 2)
+    cx = rng.uniform(1 + radius, max(w - 1 - radius, 1 + radius))
+    cy = rng.uniform(1 + radius, max(h - 1 - radius, 1 + radius))
+    if kind in ("circle", "ring"):
+        r = size / 2
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
+        if kind == "ring":
+            inner = r * rng.uniform(0.4, 0.65)
+            draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=0)
+    else:
+        pts = _outline(kind, cx, cy, size, angle)
+        draw.polygon([tuple(p) for p in pts.tolist()], fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _render_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    pixels, refs = _textured_background(rng, h, w)
+    label = np.zeros((h, w), np.uint8)
+    ignore = np.zeros((h, w), bool)
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(int(rng.integers(1, _MAX_SHAPES + 1))):
+        cls = int(rng.integers(1, len(SEG_SHAPE_CLASSES)))
+        mask = _shape_mask(SEG_SHAPE_CLASSES[cls], rng, h, w)
+        if not mask.any():
+            continue
+        colour = np.asarray(_shape_colour(rng, refs), np.float64)
+        fill = colour + rng.normal(0, 6, size=(int(mask.sum()), 3))
+        pixels[mask] = np.clip(fill, 0, 255).round().astype(np.uint8)
+        label[mask] = cls
+        # A shape drawn on top relabels what it covers, including an earlier ignore band.
+        ignore &= ~mask
+        if rng.random() < _IGNORE_BORDER_PROB:
+            m8 = mask.astype(np.uint8)
+            band = cv2.dilate(m8, kernel).astype(bool) & ~cv2.erode(m8, kernel).astype(bool)
+            ignore |= band
+    label[ignore] = SEG_IGNORE_LABEL
+    return pixels, label
+
+
+def _render_split(
+    split: str, root: Path, rng: np.random.Generator, num: int, min_size: int, max_size: int
+) -> None:
+    image_dir, label_dir = _split_dirs(root, split)
+    for d in (image_dir, label_dir):
+        d.mkdir(parents=True, exist_ok=True)
+        # Drop files of an earlier, different generation so the folders hold exactly this one.
+        for old in d.glob(f"{split}_*.png"):
+            old.unlink()
+    for i in range(num):
+        h, w = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+        pixels, label = _render_pair(rng, h, w)
+        name = f"{split}_{i:05d}.png"
+        Image.fromarray(pixels, "RGB").save(image_dir / name, compress_level=1)
+        Image.fromarray(label, "L").save(label_dir / name, compress_level=1)
+
+
+def make_shapes_semseg(
+    root: str | Path,
+    num_train: int = 120,
+    num_val: int = 30,
+    min_size: int = 96,
+    max_size: int = 160,
+    seed: int = 0,
+) -> dict:
+    """Generate (or reuse) the segmentation shapes under ``root``; return its folders.
+
+    Writes ``root/images/{train,val}/*.png`` (RGB) and ``root/labels/{train,val}/*.png`` (uint8,
+    values ``0..len(SEG_SHAPE_CLASSES)-1`` and 255). Deterministic given the arguments; a
+    finished data set generated with the same arguments is reused without rendering anything.
+    Returns ``{"train_images", "train_labels", "val_images", "val_labels"}`` as strings.
+    """
+    if not 8 <= min_size <= max_size:
+        raise ValueError(f"need 8 <= min_size <= max_size, got {min_size}, {max_size}")
+    if num_train < 1 or num_val < 1:
+        # load_sem_seg refuses an empty folder.
+        raise ValueError(f"num_train and num_val must be >= 1, got {num_train}, {num_val}")
+
+    root = Path(root).resolve()
+    result = {}
+    for split in ("train", "val"):
+        image_dir, label_dir = _split_dirs(root, split)
+        result[f"{split}_images"], result[f"{split}_labels"] = str(image_dir), str(label_dir)
+    args = {
+        "format_version": _FORMAT_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "min_size": min_size,
+        "max_size": max_size,
+        "seed": seed,
+    }
+    meta_path = root / "meta.json"
+    if meta_path.is_file() and all(Path(d).is_dir() for d in result.values()):
+        try:
+            same = json.loads(meta_path.read_text()) == args
+        except ValueError:
+            same = False
+        if same:
+            return result
+
+    # meta.json marks a finished data set, so it goes first and is written again last.
+    root.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)
+    # Independent streams per split, so changing num_train leaves the val split unchanged.
+    train_ss, val_ss = np.random.SeedSequence(seed).spawn(2)
+    for split, num, ss in (("train", num_train, train_ss), ("val", num_val, val_ss)):
+        _render_split(split, root, np.random.default_rng(ss), num, min_size, max_size)
+    _write_json(meta_path, args)
+    return result
+
+
+def register_shapes_semseg(root: str | Path, prefix: str = "shapes_seg") -> tuple[str, str]:
+    """Register ``{prefix}_train`` and ``{prefix}_val`` from ``root`` with Detectron2.
+
+    Dicts come from Detectron2's ``load_sem_seg``; metadata holds ``stuff_classes``,
+    ``ignore_label=255`` and ``evaluator_type="sem_seg"``. Registering the same root again is a
+    no-op; registering a different root under a name that is already taken raises ``ValueError``.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import load_sem_seg
+
+    root = Path(root).resolve()
+    names = []
+    for split in ("train", "val"):
+        name = f"{prefix}_{split}"
+        image_dir, label_dir = (str(p) for p in _split_dirs(root, split))
+        if name in DatasetCatalog.list():
+            registered = MetadataCatalog.get(name).get("sem_seg_root", None)
+            if registered != label_dir:
+                raise ValueError(
+                    f"dataset '{name}' is already registered with sem_seg_root={registered!r}; "
+                    f"cannot register it again with {label_dir!r} (choose another prefix)"
+                )
+        else:
+            DatasetCatalog.register(
+                name,
+                lambda x=image_dir, y=label_dir: load_sem_seg(y, x, gt_ext="png", image_ext="png"),
+            )
+            MetadataCatalog.get(name).set(
+                stuff_classes=list(SEG_SHAPE_CLASSES),
+                image_root=image_dir,
+                sem_seg_root=label_dir,
+                evaluator_type="sem_seg",
+                ignore_label=SEG_IGNORE_LABEL,
+            )
+        names.append(name)
+    return names[0], names[1]
+
+
+def default_shapes_semseg_root() -> Path:
+    """``$DETECTRON2_DATASETS/shapes_seg``, else ``datasets/shapes_seg``."""
+    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "shapes_seg"
+
+
+def shapes_semseg_dataset(
+    root: str | Path, split: str, prefix: str = "shapes_seg", **kwargs
+) -> list[dict]:
+    """Dataset dicts of a segmentation-shapes split, generating the data first if needed.
+
+    For LazyConfig data loaders. In a distributed run only the first process of each machine
+    writes the files; the others wait for it. ``kwargs`` go to :func:`make_shapes_semseg`.
+    """
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils import comm
+
+    if split not in ("train", "val"):
+        raise ValueError(f"shapes_semseg_dataset: split must be 'train' or 'val', got {split!r}")
+    if comm.get_local_rank() == 0:
+        make_shapes_semseg(root, **kwargs)
+    comm.synchronize()
+    names = register_shapes_semseg(root, prefix)
+    return DatasetCatalog.get(names[split == "val"])
