@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .shapes import _background, _outline, _shape_colour, _write_json
+from .shapes import _background, _outline, _shape_colour, _write_json, make_once_per_machine
 
 __all__ = [
     "SEG_SHAPE_CLASSES",
@@ -244,12 +244,7 @@ def shapes_semseg_dataset(
     writes the files; the others wait for it. ``kwargs`` go to :func:`make_shapes_semseg`.
     """
     from detectron2.data import DatasetCatalog
-    from detectron2.utils import comm
 
-    if split not in ("train", "val"):
-        raise ValueError(f"shapes_semseg_dataset: split must be 'train' or 'val', got {split!r}")
-    if comm.get_local_rank() == 0:
-        make_shapes_semseg(root, **kwargs)
-    comm.synchronize()
+    make_once_per_machine(make_shapes_semseg, root, split, "shapes_semseg_dataset", **kwargs)
     names = register_shapes_semseg(root, prefix)
     return DatasetCatalog.get(names[split == "val"])

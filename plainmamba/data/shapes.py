@@ -13,6 +13,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -285,6 +286,19 @@ def register_shapes(root: str | Path, prefix: str = "shapes") -> tuple[str, str]
     return names[0], names[1]
 
 
+def make_once_per_machine(
+    make: Callable[..., dict], root: str | Path, split: str, caller: str, **kwargs
+) -> None:
+    """Run a data-set generator on the first process of each machine; the others wait for it."""
+    from detectron2.utils import comm
+
+    if split not in ("train", "val"):
+        raise ValueError(f"{caller}: split must be 'train' or 'val', got {split!r}")
+    if comm.get_local_rank() == 0:
+        make(root, **kwargs)
+    comm.synchronize()
+
+
 def default_shapes_root() -> Path:
     """``$DETECTRON2_DATASETS/shapes`` (Detectron2's data-set root variable), else ``datasets/shapes``."""
     return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "shapes"
@@ -299,12 +313,7 @@ def shapes_dataset(
     writes the files; the others wait for it. ``kwargs`` go to :func:`make_shapes_coco`.
     """
     from detectron2.data import get_detection_dataset_dicts
-    from detectron2.utils import comm
 
-    if split not in ("train", "val"):
-        raise ValueError(f"shapes_dataset: split must be 'train' or 'val', got {split!r}")
-    if comm.get_local_rank() == 0:
-        make_shapes_coco(root, **kwargs)
-    comm.synchronize()
+    make_once_per_machine(make_shapes_coco, root, split, "shapes_dataset", **kwargs)
     names = register_shapes(root, prefix)
     return get_detection_dataset_dicts(names[split == "val"], filter_empty=filter_empty)
