@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -68,3 +69,26 @@ def test_shapes_segmentation_demo_runs_end_to_end(tmp_path):
     assert len(pngs) == 2
     with Image.open(pngs[0]) as im:
         assert im.width % 2 == 0 and im.mode == "RGB"
+
+
+def test_shapes_segmentation_learns(tmp_path):
+    """A shortened quick-start run: mIoU must rise clearly above predicting background."""
+    out = tmp_path / "seg"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"), CUDA_VISIBLE_DEVICES="")
+    cmd = [
+        sys.executable,
+        "projects/quickstart/shapes_segmentation.py",
+        "--output-dir",
+        str(out),
+        "--num-vis",
+        "0",
+        "train.max_iter=300",
+        "train.eval_period=300",
+        "train.checkpointer.period=300",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    match = re.search(r"mIoU ([0-9.]+) \(all-background prediction: ([0-9.]+)\)", log)
+    assert match, log[-3000:]
+    miou, chance = float(match.group(1)), float(match.group(2))
+    assert miou >= chance + 5.0, (miou, chance)

@@ -69,15 +69,16 @@ dataloader.test.mapper.augmentations = [
 dataloader.test.num_workers = 1
 dataloader.evaluator.dataset_name = "shapes_seg_val"
 
-optimizer.lr = 2e-3
+optimizer.lr = 5e-3
 
-train.max_iter = 400
+train.max_iter = 1000
 train.device = "cpu"
-train.eval_period = 400
+train.eval_period = 1000
 train.log_period = 20
-train.checkpointer.period = 100
+train.checkpointer.period = 250
 train.checkpointer.max_to_keep = 2
 train.output_dir = "output/tiny_shapes_upernet"
+train.seed = 0
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(PolynomialDecayParamScheduler)(base_value=1.0, power=1.0),
     warmup_length=0.1,
