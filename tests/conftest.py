@@ -19,3 +19,20 @@ def fixtures_dir() -> Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def run_script(args, data_root, timeout=600):
+    """Run a repository script on the CPU with its own data root; returns (exit code, output)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root), CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout + proc.stderr

@@ -2,18 +2,15 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.events import EventStorage
 
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, run_script
 from plainmamba.checkpoint import (
     PlainMambaCheckpointer,
     adapter_key,
@@ -205,29 +202,28 @@ def test_trunk_initialises_from_a_classification_checkpoint(tmp_path):
 
 def test_tiny_detector_trains_on_two_cpu_processes(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"), CUDA_VISIBLE_DEVICES="")
-    cmd = [
-        sys.executable,
-        "tools/lazyconfig_train_net.py",
-        "--num-gpus",
-        "2",
-        "--dist-url",
-        "auto",
-        "--config-file",
-        str(TINY),
-        f"train.output_dir={out}",
-        "train.max_iter=4",
-        "train.checkpointer.period=2",
-        "train.eval_period=4",
-        "train.log_period=1",
-        "lr_multiplier.scheduler.milestones=[3]",
-        "dataloader.train.total_batch_size=2",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    code, log = run_script(
+        [
+            "tools/lazyconfig_train_net.py",
+            "--num-gpus",
+            "2",
+            "--dist-url",
+            "auto",
+            "--config-file",
+            TINY,
+            f"train.output_dir={out}",
+            "train.max_iter=4",
+            "train.checkpointer.period=2",
+            "train.eval_period=4",
+            "train.log_period=1",
+            "lr_multiplier.scheduler.milestones=[3]",
+            "dataloader.train.total_batch_size=2",
+            "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0",
+        ],
+        tmp_path / "data",
+    )
+    assert code == 0, log[-4000:]
     assert (out / "model_final.pth").is_file() and (out / "model_0000001.pth").is_file()
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     losses = [m["total_loss"] for m in metrics if "total_loss" in m]

@@ -1,36 +1,37 @@
-"""The detection part of `make demo`, cut short: data, training, COCO evaluation, PNGs."""
+"""The quick-start demos, cut short: data, training, evaluation, PNGs; and a learning run."""
 
 import json
 import os
 import re
-import subprocess
-import sys
 
 from PIL import Image
 
-from conftest import REPO
+from conftest import run_script
+
+SHORT = [
+    "train.max_iter=3",
+    "train.checkpointer.period=2",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+]
 
 
 def test_shapes_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"), CUDA_VISIBLE_DEVICES="")
-    cmd = [
-        sys.executable,
-        "projects/quickstart/shapes_detection.py",
-        "--output-dir",
-        str(out),
-        "--num-vis",
-        "2",
-        "train.max_iter=3",
-        "lr_multiplier.scheduler.milestones=[2]",
-        "train.checkpointer.period=2",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
+    code, log = run_script(
+        [
+            "projects/quickstart/shapes_detection.py",
+            "--output-dir",
+            out,
+            "--num-vis",
+            "2",
+            *SHORT,
+            "lr_multiplier.scheduler.milestones=[2]",
+        ],
+        tmp_path / "data",
+    )
     # three iterations cannot reach the demo's AP50 floor: the script must say so and fail
-    assert proc.returncode == 1, log[-3000:]
+    assert code == 1, log[-3000:]
     assert "did not learn" in log
     assert (tmp_path / "data" / "shapes" / "annotations" / "instances_val.json").is_file()
     assert "Evaluation results for segm" in log and "box AP" in log
@@ -46,23 +47,19 @@ def test_shapes_demo_runs_end_to_end(tmp_path):
 
 def test_shapes_segmentation_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "seg"
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"), CUDA_VISIBLE_DEVICES="")
-    cmd = [
-        sys.executable,
-        "projects/quickstart/shapes_segmentation.py",
-        "--output-dir",
-        str(out),
-        "--num-vis",
-        "2",
-        "train.max_iter=3",
-        "train.checkpointer.period=2",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
+    code, log = run_script(
+        [
+            "projects/quickstart/shapes_segmentation.py",
+            "--output-dir",
+            out,
+            "--num-vis",
+            "2",
+            *SHORT,
+        ],
+        tmp_path / "data",
+    )
     # three iterations cannot beat chance by 10 mIoU points: the script must say so and fail
-    assert proc.returncode == 1, log[-3000:]
+    assert code == 1, log[-3000:]
     assert "did not learn" in log and "all-background prediction" in log
     assert (tmp_path / "data" / "shapes_seg" / "meta.json").is_file()
     pngs = sorted((out / "vis").glob("*.png"))
@@ -74,20 +71,20 @@ def test_shapes_segmentation_demo_runs_end_to_end(tmp_path):
 def test_shapes_segmentation_learns(tmp_path):
     """A shortened quick-start run: mIoU must rise clearly above predicting background."""
     out = tmp_path / "seg"
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"), CUDA_VISIBLE_DEVICES="")
-    cmd = [
-        sys.executable,
-        "projects/quickstart/shapes_segmentation.py",
-        "--output-dir",
-        str(out),
-        "--num-vis",
-        "0",
-        "train.max_iter=300",
-        "train.eval_period=300",
-        "train.checkpointer.period=300",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    log = proc.stdout + proc.stderr
+    _, log = run_script(
+        [
+            "projects/quickstart/shapes_segmentation.py",
+            "--output-dir",
+            out,
+            "--num-vis",
+            "0",
+            "train.max_iter=300",
+            "train.eval_period=300",
+            "train.checkpointer.period=300",
+        ],
+        tmp_path / "data",
+        timeout=900,
+    )
     match = re.search(r"mIoU ([0-9.]+) \(all-background prediction: ([0-9.]+)\)", log)
     assert match, log[-3000:]
     miou, chance = float(match.group(1)), float(match.group(2))
