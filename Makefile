@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo demo-seg test benchmark format clean
+.PHONY: setup demo demo-seg demo-cls test benchmark format clean
 
 setup:
 	@VENV=$(VENV) tools/setup_env.sh
@@ -14,6 +14,9 @@ demo: setup
 
 demo-seg: setup
 	$(PY) projects/quickstart/shapes_segmentation.py
+
+demo-cls: setup
+	$(PY) projects/quickstart/shapes_classification.py
 
 test: setup
 	$(PY) -m pytest -q tests

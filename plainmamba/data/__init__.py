@@ -1,5 +1,11 @@
 """Data sets, dataset mappers and augmentations for training PlainMamba models with Detectron2."""
 
+from .cls_mapper import (
+    RELEASED_RANDAUGMENT,
+    ClassificationMapper,
+    build_classification_train_loader,
+)
+from .samplers import ResumableTrainingSampler
 from .sem_seg import SemSegLabelReader
 from .mapper import ImageReadError, SafeDatasetMapper, sanitize_annotations
 from .seg_shapes import (
@@ -17,6 +23,27 @@ from .shapes import (
     register_shapes,
     shapes_dataset,
 )
+from .classification import (
+    classification_dataset,
+    create_lmdb_dataset,
+    default_imagenet_root,
+    imagenet_class_labels,
+    list_class_folders,
+    load_annotation_list,
+    load_image_folder,
+    load_lmdb,
+    read_class_file,
+    read_classification_image,
+    read_lmdb_metadata,
+    register_classification_dataset,
+    register_imagenet,
+)
+from .cls_shapes import (
+    CLS_SHAPE_CLASSES,
+    default_shapes_cls_root,
+    make_shapes_classification,
+    register_shapes_classification,
+)
 from .transforms import (
     CV2ResizeTransform,
     PhotoMetricDistortion,
@@ -26,6 +53,10 @@ from .transforms import (
 )
 
 __all__ = [
+    "ClassificationMapper",
+    "RELEASED_RANDAUGMENT",
+    "ResumableTrainingSampler",
+    "build_classification_train_loader",
     "SemSegLabelReader",
     "CV2ResizeTransform",
     "ImageReadError",
@@ -46,4 +77,21 @@ __all__ = [
     "sanitize_annotations",
     "shapes_dataset",
     "shapes_semseg_dataset",
+    "CLS_SHAPE_CLASSES",
+    "classification_dataset",
+    "create_lmdb_dataset",
+    "default_imagenet_root",
+    "default_shapes_cls_root",
+    "imagenet_class_labels",
+    "list_class_folders",
+    "load_annotation_list",
+    "load_image_folder",
+    "load_lmdb",
+    "make_shapes_classification",
+    "read_class_file",
+    "read_classification_image",
+    "read_lmdb_metadata",
+    "register_classification_dataset",
+    "register_imagenet",
+    "register_shapes_classification",
 ]

@@ -1,5 +1,6 @@
 """Training entry point on Detectron2's engine for this project's LazyConfig files."""
 
+from .hooks import EMAHook, unwrap_model
 from .train_loop import (
     ConfigError,
     add_full_model_grad_clipping,
@@ -15,6 +16,8 @@ from .train_loop import (
 )
 
 __all__ = [
+    "EMAHook",
+    "unwrap_model",
     "ConfigError",
     "add_full_model_grad_clipping",
     "apply_overrides",

@@ -7,6 +7,11 @@ fvcore ``ParamScheduler``) and ``train`` as in Detectron2's ``common/train.py``.
 * ``train.clip_grad = dict(enabled=True, max_norm=..., norm_type=2.0)``: clip the global gradient
   norm over all parameters (MMDetection's ``grad_clip``); absent means disabled.
 * ``train.amp.precision``: ``"float16"`` (default) or ``"bfloat16"`` when ``train.amp.enabled``.
+* ``train.ema = dict(enabled=True, decay=0.9999)``: an exponential moving average of the weights
+  (:class:`~plainmamba.engine.hooks.EMAHook`), saved in every checkpoint under ``"ema"``,
+  resumed, and evaluated beside the model (results under ``"ema/..."``).
+* A train loader whose sampler has ``set_start`` (:class:`~plainmamba.data.ResumableTrainingSampler`)
+  is moved to the resumed iteration, so ``--resume`` continues the data stream where it stopped.
 * ``train.device`` asking for CUDA on a machine without falls back to CPU with a warning, and
   multi-process runs on CPU use GLOO with ``device_ids=None`` DDP.
 """
@@ -41,6 +46,7 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..checkpoint import PlainMambaCheckpointer
+from .hooks import EMAHook
 
 __all__ = [
     "ConfigError",
@@ -385,6 +391,42 @@ def do_test(cfg: DictConfig, model: nn.Module) -> Dict[str, Any]:
     return results
 
 
+def _build_ema(cfg: DictConfig, model: nn.Module) -> Optional[EMAHook]:
+    ema = cfg.train.get("ema", None)
+    if not ema or not ema.get("enabled", False):
+        return None
+    return EMAHook(model, decay=float(ema.get("decay", 0.9999)), device=ema.get("device", None))
+
+
+def _set_data_position(train_loader: Any, start_iter: int) -> None:
+    """Move a resumable sampler to the first sample of iteration ``start_iter``."""
+    sampler = getattr(getattr(train_loader, "dataset", None), "sampler", None)
+    batch = getattr(train_loader, "batch_size", None)
+    if sampler is None or not hasattr(sampler, "set_start") or not batch:
+        if start_iter:
+            logger.info("The train loader cannot seek: the data stream restarts on resume")
+        return
+    sampler.set_start(start_iter * batch)
+    if start_iter:
+        logger.info(
+            "Data position restored: sample %d of this process's stream (iteration %d, %d per step)",
+            start_iter * batch,
+            start_iter,
+            batch,
+        )
+
+
+def _test_with_ema(
+    cfg: DictConfig, model: nn.Module, ema_model: Optional[nn.Module]
+) -> Dict[str, Any]:
+    results = dict(do_test(cfg, model))
+    if ema_model is not None:
+        ema_results = do_test(cfg, ema_model)
+        if ema_results:
+            results["ema"] = ema_results
+    return results
+
+
 def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
     """Train ``cfg`` (resuming if ``args.resume``); returns the last evaluation results."""
     cfg.train.device = resolve_device(cfg.train.device)
@@ -399,13 +441,16 @@ def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
     train_loader = instantiate(cfg.dataloader.train)
     model = _create_ddp_model(model, cfg.train.device, cfg.train.get("ddp", None))
     trainer = build_trainer(cfg, model, train_loader, optimizer)
+    ema = _build_ema(cfg, model)
     checkpointer = PlainMambaCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    if ema is not None:
+        checkpointer.add_checkpointable("ema", ema)
 
     last_results: Dict[str, Any] = {}
 
     def evaluate() -> Dict[str, Any]:
         last_results.clear()
-        last_results.update(do_test(cfg, model))
+        last_results.update(_test_with_ema(cfg, model, ema.module if ema else None))
         return last_results
 
     main_process = comm.is_main_process()
@@ -413,6 +458,7 @@ def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            ema,  # before the checkpointer, so that a checkpoint holds this step's average
             (
                 hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
                 if main_process
@@ -436,6 +482,7 @@ def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
         start_iter = trainer.iter + 1
     else:
         start_iter = 0
+    _set_data_position(train_loader, start_iter)
     trainer.train(start_iter, cfg.train.max_iter)
     return last_results
 
@@ -446,8 +493,13 @@ def _evaluate_checkpoint(cfg: DictConfig) -> Dict[str, Any]:
     model.to(cfg.train.device)
     if not cfg.train.get("init_checkpoint", None):
         logger.warning("--eval-only without train.init_checkpoint: evaluating initial weights")
-    PlainMambaCheckpointer(model, cfg.train.output_dir).load(cfg.train.get("init_checkpoint", ""))
-    return do_test(cfg, model)
+    checkpointer = PlainMambaCheckpointer(model, cfg.train.output_dir)
+    ema = _build_ema(cfg, model)
+    if ema is not None:
+        checkpointer.add_checkpointable("ema", ema)
+    checkpointer.load(cfg.train.get("init_checkpoint", ""))
+    # Only a checkpoint that carries an average is evaluated twice.
+    return _test_with_ema(cfg, model, ema.module if ema is not None and ema.restored else None)
 
 
 def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:

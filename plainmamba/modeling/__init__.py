@@ -2,6 +2,7 @@
 
 from .adapter import MSDeformAttn, PlainMambaAdapter
 from .fpn import LastLevelP6P7Conv
+from .batch_augment import BatchAugment
 from .classifier import PIXEL_MEAN, PIXEL_STD, ImageClassifier, LinearClsHead
 from .plainmamba import ConvPatchEmbed, PlainMamba, PlainMambaLayer, PlainMambaMixer, check_images
 from .segmentation import (
@@ -13,6 +14,7 @@ from .segmentation import (
 )
 
 __all__ = [
+    "BatchAugment",
     "PlainMambaAdapter",
     "LastLevelP6P7Conv",
     "MSDeformAttn",

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 
 from .plainmamba import PlainMamba
 
-__all__ = ["ImageClassifier", "LinearClsHead", "PIXEL_MEAN", "PIXEL_STD"]
+__all__ = [
+    "ImageClassifier",
+    "LinearClsHead",
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "soft_target_cross_entropy",
+]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -43,6 +49,9 @@ class ImageClassifier(nn.Module):
         pixel_mean, pixel_std: RGB normalisation in 0-255 units.
         label_smoothing: for the hard-label cross-entropy loss.
         head_dropout: dropout before the classifier.
+        batch_augment: applied in training to the normalised batch and its labels, returning
+            soft targets (:class:`~plainmamba.modeling.BatchAugment`: Random Erasing, Mixup /
+            CutMix, label smoothing); the loss is then the soft-target cross-entropy.
     """
 
     def __init__(
@@ -54,12 +63,21 @@ class ImageClassifier(nn.Module):
         pixel_std: Sequence[float] = PIXEL_STD,
         label_smoothing: float = 0.0,
         head_dropout: float = 0.0,
+        batch_augment: Optional[nn.Module] = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.head = LinearClsHead(backbone.embed_dim, num_classes, head_dropout)
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.batch_augment = batch_augment
+        if batch_augment is not None and getattr(batch_augment, "num_classes", num_classes) != (
+            num_classes
+        ):
+            raise ValueError(
+                f"batch_augment.num_classes={batch_augment.num_classes} differs from the "
+                f"classifier's num_classes={num_classes}"
+            )
         # Not persistent: checkpoints hold only learned state, as the released ones do.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
@@ -99,25 +117,38 @@ class ImageClassifier(nn.Module):
         self, batched_inputs: List[Dict[str, Any]]
     ) -> Union[Dict[str, torch.Tensor], List[Dict[str, torch.Tensor]]]:
         x = self.preprocess_image(batched_inputs)
-        tokens, _ = self.backbone.forward_features(x)
-        logits = self.head(tokens)
         if not self.training:
-            return [{"logits": row} for row in logits]
+            return [{"logits": row} for row in self.head(self.backbone.forward_features(x)[0])]
+        if self.batch_augment is not None and not all("soft_label" in r for r in batched_inputs):
+            x, target = self.batch_augment(x, self.labels(batched_inputs))
+            logits = self.head(self.backbone.forward_features(x)[0])
+            return {"loss_cls": soft_target_cross_entropy(logits, target)}
+        logits = self.head(self.backbone.forward_features(x)[0])
         return {"loss_cls": self.losses(logits, batched_inputs)}
 
-    def losses(self, logits: torch.Tensor, batched_inputs: List[Dict[str, Any]]) -> torch.Tensor:
-        """Cross-entropy on ``label`` (int) or soft-target cross-entropy on ``soft_label``."""
-        if all("soft_label" in r for r in batched_inputs):
-            target = torch.stack([torch.as_tensor(r["soft_label"]) for r in batched_inputs])
-            target = target.to(logits.device, logits.dtype)
-            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    def labels(self, batched_inputs: List[Dict[str, Any]]) -> torch.Tensor:
+        """The ``label`` ints of a batch as a tensor on the model's device, range-checked."""
         missing: Optional[int] = next(
             (i for i, r in enumerate(batched_inputs) if "label" not in r), None
         )
         if missing is not None:
             raise ValueError(f"training input {missing} has no 'label' (or 'soft_label')")
-        labels = torch.as_tensor([int(r["label"]) for r in batched_inputs], device=logits.device)
+        labels = torch.as_tensor([int(r["label"]) for r in batched_inputs], device=self.device)
         bad = labels[(labels < 0) | (labels >= self.num_classes)]
         if bad.numel():
             raise ValueError(f"label {int(bad[0])} outside [0, {self.num_classes})")
+        return labels
+
+    def losses(self, logits: torch.Tensor, batched_inputs: List[Dict[str, Any]]) -> torch.Tensor:
+        """Cross-entropy on ``label`` (int) or soft-target cross-entropy on ``soft_label``."""
+        if all("soft_label" in r for r in batched_inputs):
+            target = torch.stack([torch.as_tensor(r["soft_label"]) for r in batched_inputs])
+            return soft_target_cross_entropy(logits, target.to(logits.device))
+        labels = self.labels(batched_inputs)
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum(target * log_softmax(logits))``, computed in float32."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    return torch.sum(-target.to(log_p.dtype) * log_p, dim=-1).mean()

@@ -1,0 +1,73 @@
+"""Training hooks added to Detectron2's: an exponential moving average of the weights."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+from detectron2.engine import HookBase
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["EMAHook", "unwrap_model"]
+
+logger = logging.getLogger("detectron2.plainmamba.engine")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a (Distributed)DataParallel wrapper, else ``model``."""
+    if isinstance(model, (DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+class EMAHook(HookBase):
+    """Keep timm's ``ModelEmaV3`` of the model, updated after every optimizer step.
+
+    ``ema = decay * ema + (1 - decay) * weights`` on parameters, buffers copied, as the
+    released MMClassification ``EMAHook`` with momentum ``1 - decay``. The hook is a checkpointable
+    (``state_dict`` / ``load_state_dict``): register it with the checkpointer so that periodic
+    checkpoints hold the average and ``--resume`` continues it. When training starts without a
+    restored average (a new run, or fine-tuning from ``init_checkpoint``), the average starts
+    from the weights loaded at that point.
+
+    Args:
+        model: the trained model (wrapped or not).
+        decay: per-step decay (released momentum 1e-4 -> decay 0.9999).
+        device: keep the copy on another device (``None``: the model's).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, device: Optional[str] = None):
+        from timm.utils import ModelEmaV3
+
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self._model = model
+        self.decay = decay
+        self.ema = ModelEmaV3(unwrap_model(model), decay=decay, device=device)
+        self.ema.requires_grad_(False)
+        self.restored = False
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged model (in eval mode), for evaluation and export."""
+        return self.ema.module
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.ema.module.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.ema.module.load_state_dict(state)
+        self.restored = True
+
+    def before_train(self) -> None:
+        if not self.restored:
+            self.ema.set(unwrap_model(self._model))
+            logger.info("EMA of the weights (decay %s) starts from the current weights", self.decay)
+        else:
+            logger.info("EMA of the weights (decay %s) resumed from the checkpoint", self.decay)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.ema.update(unwrap_model(self._model))
