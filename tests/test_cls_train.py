@@ -98,9 +98,10 @@ def test_ema_hook_follows_formula_and_restores():
     hook.trainer = type("T", (), {"iter": 0})()
     hook.after_step()
     assert torch.allclose(hook.module.weight, 0.9 * start + 0.1 * (start + 1.0))
-    state = hook.state_dict()
+    assert hook.state_dict() == {}  # saved once, under "ema", not again among the hooks
+    state = hook.checkpointable.state_dict()
     other = EMAHook(nn.Linear(3, 2), decay=0.9)
-    other.load_state_dict(state)
+    other.checkpointable.load_state_dict(state)
     other.before_train()  # restored: must not be overwritten by the live weights
     assert other.restored and torch.equal(other.module.weight, hook.module.weight)
     with pytest.raises(ValueError, match="decay"):

@@ -26,9 +26,10 @@ class EMAHook(HookBase):
     """Keep timm's ``ModelEmaV3`` of the model, updated after every optimizer step.
 
     ``ema = decay * ema + (1 - decay) * weights`` on parameters, buffers copied, as the
-    released MMClassification ``EMAHook`` with momentum ``1 - decay``. The hook is a checkpointable
-    (``state_dict`` / ``load_state_dict``): register it with the checkpointer so that periodic
-    checkpoints hold the average and ``--resume`` continues it. When training starts without a
+    released MMClassification ``EMAHook`` with momentum ``1 - decay``. Register
+    :attr:`checkpointable` with the checkpointer (``checkpointer.add_checkpointable("ema",
+    hook.checkpointable)``) so that periodic checkpoints hold the average under ``"ema"`` and
+    ``--resume`` continues it. When training starts without a
     restored average (a new run, or fine-tuning from ``init_checkpoint``), the average starts
     from the weights loaded at that point.
 
@@ -54,12 +55,10 @@ class EMAHook(HookBase):
         """The averaged model (in eval mode), for evaluation and export."""
         return self.ema.module
 
-    def state_dict(self) -> Dict[str, Any]:
-        return self.ema.module.state_dict()
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.ema.module.load_state_dict(state)
-        self.restored = True
+    @property
+    def checkpointable(self) -> "_EMAState":
+        """The average as a checkpointable; loading it marks the average as restored."""
+        return _EMAState(self)
 
     def before_train(self) -> None:
         if not self.restored:
@@ -71,3 +70,17 @@ class EMAHook(HookBase):
     @torch.no_grad()
     def after_step(self) -> None:
         self.ema.update(unwrap_model(self._model))
+
+
+class _EMAState:
+    # Kept apart from the hook: Detectron2 also saves the state_dict of every hook inside the
+    # trainer's state, which would store the average twice.
+    def __init__(self, hook: EMAHook):
+        self._hook = hook
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self._hook.module.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._hook.module.load_state_dict(state)
+        self._hook.restored = True

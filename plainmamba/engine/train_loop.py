@@ -444,7 +444,7 @@ def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
     ema = _build_ema(cfg, model)
     checkpointer = PlainMambaCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     if ema is not None:
-        checkpointer.add_checkpointable("ema", ema)
+        checkpointer.add_checkpointable("ema", ema.checkpointable)
 
     last_results: Dict[str, Any] = {}
 
@@ -496,7 +496,7 @@ def _evaluate_checkpoint(cfg: DictConfig) -> Dict[str, Any]:
     checkpointer = PlainMambaCheckpointer(model, cfg.train.output_dir)
     ema = _build_ema(cfg, model)
     if ema is not None:
-        checkpointer.add_checkpointable("ema", ema)
+        checkpointer.add_checkpointable("ema", ema.checkpointable)
     checkpointer.load(cfg.train.get("init_checkpoint", ""))
     # Only a checkpoint that carries an average is evaluated twice.
     return _test_with_ema(cfg, model, ema.module if ema is not None and ema.restored else None)
