@@ -95,3 +95,18 @@ def test_bad_input_is_named(x, match):
 def test_bad_out_indices():
     with pytest.raises(ValueError, match="layer 7 does not exist"):
         small(out_indices=[7])
+
+
+def test_training_after_inference_mode_in_the_same_process():
+    """Cached scan orders and reference points made under inference_mode must not poison a later
+    backward (they are shared across calls)."""
+    from plainmamba.modeling import PlainMamba
+
+    trunk = PlainMamba(embed_dim=32, depth=1, img_size=48, patch_size=16, out_indices=[0])
+    x = torch.randn(1, 3, 48, 80)  # a grid no other test uses before this one
+    with torch.inference_mode():
+        trunk.eval()(x)
+    trunk.train()
+    out = trunk(x)
+    sum(v.sum() for v in out.values()).backward()
+    assert trunk.patch_embed.projection.weight.grad is not None

@@ -39,6 +39,11 @@ Shapes = Tuple[Tuple[int, int], ...]
 
 @lru_cache(maxsize=64)
 def _reference_points_cpu(shapes: Shapes) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return _build_reference_points(shapes)
+
+
+def _build_reference_points(shapes: Shapes) -> torch.Tensor:
     points = []
     for h, w in shapes:
         ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
@@ -61,7 +66,9 @@ def reference_points(shapes: Sequence[Tuple[int, int]], device: torch.device) ->
     if ref is None:
         if len(_REF_CACHE) > 64:
             _REF_CACHE.clear()
-        ref = _reference_points_cpu(key[0]).to(device)
+        # A cached tensor made under inference_mode could not be saved for a later backward.
+        with torch.inference_mode(False):
+            ref = _reference_points_cpu(key[0]).to(device)
         _REF_CACHE[key] = ref
     return ref
 

@@ -53,7 +53,9 @@ def scan_orders(
     """
     if h < 1 or w < 1:
         raise ValueError(f"scan_orders needs a grid of at least 1x1 tokens, got {h}x{w}")
-    orders, dirs = _build(int(h), int(w))
-    inverse = torch.argsort(orders, dim=1)
-    device = torch.device(device)
-    return orders.to(device), inverse.to(device), dirs.to(device)
+    # Cached and shared: tensors made under inference_mode could never be saved for backward.
+    with torch.inference_mode(False):
+        orders, dirs = _build(int(h), int(w))
+        inverse = torch.argsort(orders, dim=1)
+        device = torch.device(device)
+        return orders.to(device), inverse.to(device), dirs.to(device)
