@@ -1,0 +1,289 @@
+"""Find, load and build the LazyConfigs shipped with this package (Detectron2's model-zoo API).
+
+The configs live in the repository's ``configs/`` folder. The package reaches them through
+``plainmamba/model_zoo/configs``: a symbolic link in a source checkout (editable install), a
+copy made from ``package_data`` in a regular install. Either way they are found with
+``importlib.resources``, and a config's relative imports (``from ..common ...``) resolve inside
+that folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "ConfigNotFoundError",
+    "WeightsNotAvailableError",
+    "ZooEntry",
+    "ZOO",
+    "RELEASE_URL",
+    "configs_root",
+    "list_configs",
+    "get_config_file",
+    "get_config",
+    "get",
+    "entry",
+]
+
+RELEASE_URL = "https://huggingface.co/ChenhongyiYang/PlainMamba/resolve/main/"
+CONVERTER = "tools/convert_official_checkpoint.py"
+
+
+class ConfigNotFoundError(FileNotFoundError):
+    """No config of that name in the model zoo; the message lists the available ones."""
+
+
+class WeightsNotAvailableError(RuntimeError):
+    """Trained weights were requested but none are hosted; the message says how to make them."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """Published results and the released checkpoint of one config.
+
+    ``published`` holds the paper's figures (``params_m``, ``top1``, ``top5``, ``box_ap``,
+    ``mask_ap``, ``miou``, ``gflops``); ``params_of`` says what the published parameter count
+    covers (``backbone`` for ImageNet, where the paper counts the trunk without the classifier,
+    else ``model``). ``flops_size`` is the (height, width) of the published FLOPs.
+    """
+
+    config: str
+    task: str
+    arch: str
+    published: Dict[str, float] = field(default_factory=dict)
+    checkpoint: Optional[str] = None  # path under RELEASE_URL
+    params_of: str = "model"
+    flops_size: Optional[Tuple[int, int]] = None
+    note: str = ""
+
+    @property
+    def checkpoint_url(self) -> Optional[str]:
+        return RELEASE_URL + self.checkpoint if self.checkpoint else None
+
+
+def _zoo() -> Dict[str, ZooEntry]:
+    out: Dict[str, ZooEntry] = {}
+    imagenet = {
+        "L1": dict(params_m=7.3, top1=77.9, top5=94.0, gflops=3.0),
+        "L2": dict(params_m=25.7, top1=81.6, top5=95.6, gflops=8.1),
+        "L3": dict(params_m=50.5, top1=82.3, top5=95.9, gflops=14.4),
+    }
+    mask_rcnn = {
+        "L1": dict(params_m=31, box_ap=44.1, mask_ap=39.1, gflops=388),
+        "L2": dict(params_m=53, box_ap=46.0, mask_ap=40.6, gflops=542),
+        "L3": dict(params_m=79, box_ap=46.8, mask_ap=41.2, gflops=696),
+    }
+    retinanet = {
+        "L1": dict(params_m=19, box_ap=41.7),
+        "L2": dict(params_m=40, box_ap=43.9),
+        "L3": dict(params_m=67, box_ap=44.8),
+    }
+    upernet = {
+        "L1": dict(params_m=35, miou=44.1),
+        "L2": dict(params_m=55, miou=46.8),
+        "L3": dict(params_m=81, miou=49.1),
+    }
+    for arch in ("L1", "L2", "L3"):
+        n = arch[1]
+        out[f"ImageNet/plainmamba_l{n}_300e.py"] = ZooEntry(
+            f"ImageNet/plainmamba_l{n}_300e.py",
+            "classification",
+            arch,
+            imagenet[arch],
+            f"l{n}.pth",
+            params_of="backbone",
+            flops_size=(224, 224),
+        )
+        out[f"COCO/mask_rcnn_plainmamba_adapter_l{n}_1x.py"] = ZooEntry(
+            f"COCO/mask_rcnn_plainmamba_adapter_l{n}_1x.py",
+            "detection",
+            arch,
+            mask_rcnn[arch],
+            f"detection/maskrcnn/l{n}_1x.pth",
+            flops_size=(800, 1280),
+        )
+        out[f"COCO/retinanet_plainmamba_adapter_l{n}_1x.py"] = ZooEntry(
+            f"COCO/retinanet_plainmamba_adapter_l{n}_1x.py",
+            "detection",
+            arch,
+            retinanet[arch],
+            f"detection/retinanet/l{n}_1x.pth",
+            flops_size=(800, 1280),
+        )
+        out[f"ADE20K/upernet_plainmamba_l{n}_160k.py"] = ZooEntry(
+            f"ADE20K/upernet_plainmamba_l{n}_160k.py",
+            "segmentation",
+            arch,
+            upernet[arch],
+            f"segmentation/l{n}_upernet.pth",
+            flops_size=(512, 2048),
+        )
+    out["quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py"] = ZooEntry(
+        "quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py",
+        "detection",
+        "tiny",
+        note="trained by `make demo` (projects/quickstart/shapes_detection.py), which writes "
+        "output/shapes_demo/model_final.pth",
+    )
+    out["quickstart/upernet_plainmamba_tiny_shapes.py"] = ZooEntry(
+        "quickstart/upernet_plainmamba_tiny_shapes.py",
+        "segmentation",
+        "tiny",
+        note="trained by `make demo-seg` (projects/quickstart/shapes_segmentation.py), which "
+        "writes output/shapes_seg_demo/model_final.pth",
+    )
+    return out
+
+
+#: Every config with published figures or a released checkpoint, by model-zoo name.
+ZOO: Dict[str, ZooEntry] = _zoo()
+
+
+def configs_root() -> Path:
+    """The folder that holds the configs, as a real path (LazyConfig reads files from disk)."""
+    root = importlib.resources.files("plainmamba.model_zoo") / "configs"
+    if not isinstance(root, Path):
+        raise RuntimeError(
+            f"plainmamba's configs are not on the file system ({root!r}); install the package "
+            f"unzipped (pip install, not a zipapp) so that LazyConfig can read them"
+        )
+    if not root.is_dir():
+        raise RuntimeError(
+            f"plainmamba's configs folder {root} is missing: in a source checkout it is a "
+            f"symbolic link to ../../configs; reinstall the package (pip install -e .)"
+        )
+    return root
+
+
+def list_configs() -> List[str]:
+    """Model-zoo names of every config (``COCO/...py``), sorted; ``common/`` parts excluded."""
+    root = configs_root()
+    names = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("common/") or path.name == "__init__.py":
+            continue
+        names.append(rel)
+    return sorted(names)
+
+
+def _normalise(name: str) -> str:
+    name = name.replace(os.sep, "/").strip()
+    while name.startswith("./"):
+        name = name[2:]
+    if name.startswith("configs/"):
+        name = name[len("configs/") :]
+    return name
+
+
+def _not_found(name: str) -> ConfigNotFoundError:
+    available = list_configs()
+    close = difflib.get_close_matches(name, available, n=5, cutoff=0.4)
+    stem = os.path.basename(name)
+    close += [c for c in available if stem and stem in c and c not in close]
+    rest = [c for c in available if c not in close]
+    lines = [f"no config {name!r} in the PlainMamba model zoo."]
+    if close:
+        lines.append("Closest matches:")
+        lines += [f"  {c}" for c in close]
+    lines.append("Other configs:" if close else "Available configs:")
+    lines += [f"  {c}" for c in rest]
+    return ConfigNotFoundError("\n".join(lines))
+
+
+def get_config_file(config_path: str) -> str:
+    """The file path of a model-zoo config, e.g. ``COCO/mask_rcnn_plainmamba_adapter_l1_1x.py``.
+
+    A leading ``configs/`` is accepted. Raises :class:`ConfigNotFoundError` listing the
+    available configs (close matches first) when there is no such config.
+    """
+    name = _normalise(config_path)
+    if not name.endswith(".py") or name.startswith("common/"):
+        raise _not_found(name)
+    path = configs_root() / name
+    if not path.is_file():
+        raise _not_found(name)
+    return str(path)
+
+
+def get_config(config_path: str):
+    """The LazyConfig (an ``omegaconf.DictConfig``) of a model-zoo config."""
+    from detectron2.config import LazyConfig
+
+    return LazyConfig.load(get_config_file(config_path))
+
+
+def entry(config_path: str) -> Optional[ZooEntry]:
+    """Published figures and released checkpoint of a config (``None`` if there are none)."""
+    return ZOO.get(_normalise(config_path))
+
+
+def _weights_help(name: str) -> str:
+    info = entry(name)
+    if info is None or (info.checkpoint is None and not info.note):
+        return (
+            f"no trained weights are known for {name!r}: train it with "
+            f"tools/lazyconfig_train_net.py --config-file configs/{name} and pass weights=<the "
+            f"checkpoint>"
+        )
+    if info.checkpoint is None:
+        return (
+            f"no released checkpoint for {name!r}; it is {info.note}. Pass that file as "
+            f"weights=..."
+        )
+    stem = os.path.splitext(os.path.basename(name))[0]
+    released = os.path.basename(info.checkpoint)
+    return (
+        f"no converted weights are hosted for {name!r}. Download the released checkpoint\n"
+        f"  {info.checkpoint_url}\n"
+        f"convert it with\n"
+        f"  python {CONVERTER} {released} output/{stem}_d2.pth --config-file configs/{name}\n"
+        f"and call get({name!r}, weights='output/{stem}_d2.pth'). "
+        f"The released file itself also loads (converted on the fly): weights='{released}'. "
+        f"See MODEL_ZOO.md."
+    )
+
+
+def get(
+    config_path: str,
+    trained: bool = False,
+    weights: Optional[str] = None,
+    device: Optional[str] = None,
+) -> torch.nn.Module:
+    """Build the model of a model-zoo config, in eval mode on ``device``.
+
+    Args:
+        config_path: model-zoo name, e.g. ``ImageNet/plainmamba_l1_300e.py``.
+        trained: require trained weights; without ``weights`` this raises
+            :class:`WeightsNotAvailableError` that names the released checkpoint to convert.
+        weights: a checkpoint to load (local path or URL): a converted one, a Detectron2 one, or
+            a released MMClassification / MMDetection / MMSegmentation file, through
+            :class:`plainmamba.checkpoint.PlainMambaCheckpointer` (strict: every key must fit).
+        device: ``"cuda"`` if available else ``"cpu"`` by default.
+    """
+    from detectron2.config import instantiate
+
+    from ..checkpoint import PlainMambaCheckpointer
+
+    cfg = get_config(config_path)
+    if trained and not weights:
+        raise WeightsNotAvailableError(_weights_help(_normalise(config_path)))
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"weights file {weights!r} does not exist")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    model = instantiate(cfg.model)
+    model.to(device)
+    model.eval()
+    if weights:
+        PlainMambaCheckpointer(model).load(weights)
+    return model
