@@ -392,6 +392,11 @@ def test_registration(tree, tmp_path, clean_catalog):
     assert sorted({r["label"] for r in DatasetCatalog.get("t_cls_lmdb")}) == [5, 7]
 
     missing = tmp_path / "absent"
+    # Configs loaded by earlier tests registered the ImageNet names under the default root.
+    for name in ("imagenet_train", "imagenet_val", "imagenet_lmdb_train", "imagenet_lmdb_val"):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
     paths = register_imagenet(missing)
     clean_catalog.extend(paths)
     assert paths["imagenet_lmdb_val"] == str(missing.resolve() / "lmdb" / "val.lmdb")

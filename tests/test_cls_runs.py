@@ -183,14 +183,17 @@ def test_eval_only_on_a_released_checkpoint(tmp_path, data_root):
         tops.append(result["top1"])
     assert tops[0] == tops[1]
 
-    os.environ["DETECTRON2_DATASETS"] = str(data_root)
-    cfg = LazyConfig.load(str(REPO / "tests" / "configs" / "cls_fixture_eval.py"))
     from plainmamba.checkpoint import PlainMambaCheckpointer
+    from plainmamba.data import register_shapes_classification
+
+    cfg = LazyConfig.load(str(REPO / "tests" / "configs" / "cls_fixture_eval.py"))
+    # The set the subprocesses generated, under names of its own (registrations are per process).
+    register_shapes_classification(data_root / "shapes_cls", prefix="evalonly_shapes")
 
     model = instantiate(cfg.model).eval()
     PlainMambaCheckpointer(model).load(str(converted))
     mapper = instantiate(cfg.dataloader.test.mapper)
-    records = DatasetCatalog.get(cfg.dataloader.test.dataset.names)
+    records = DatasetCatalog.get("evalonly_shapes_lmdb_val")
     hits = 0
     with torch.no_grad():
         for i in range(0, len(records), 50):

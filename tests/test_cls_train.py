@@ -154,15 +154,15 @@ def test_imagenet_configs_hold_the_released_recipe(
     assert cfg.dataloader.test.mapper.crop_pct == pytest.approx(224 / 256)
 
 
-def test_imagenet_l1_recipe_runs_a_training_step(tmp_path, monkeypatch):
+def test_imagenet_l1_recipe_runs_a_training_step(tmp_path):
     """The released pipeline end to end on generated images: LMDB records, RandAugment crop at
     224, Mixup/CutMix and erasing on the batch, L1 with drop path, soft-target loss, backward."""
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     from plainmamba.data import register_shapes_classification
 
     cfg = LazyConfig.load(str(REPO / "configs" / "ImageNet" / "plainmamba_l1_300e.py"))
-    register_shapes_classification()
-    cfg.dataloader.train.dataset.names = "cls_shapes_lmdb_val"
+    # Its own names and root: registrations are process-wide and must not clash.
+    register_shapes_classification(tmp_path / "shapes_cls", prefix="recipe_shapes")
+    cfg.dataloader.train.dataset.names = "recipe_shapes_lmdb_val"
     cfg.dataloader.train.total_batch_size = 4
     cfg.dataloader.train.num_workers = 0
     batch = next(iter(instantiate(cfg.dataloader.train)))
