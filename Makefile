@@ -29,3 +29,9 @@ format: setup
 
 clean:
 	rm -rf output build *.egg-info
+
+# Every wheel the project needs, for an offline GPU host (torch excluded; see the script):
+#   make wheelhouse WHEELHOUSE_ARGS="--python-version 3.12 --platform manylinux_2_28_x86_64"
+.PHONY: wheelhouse
+wheelhouse: setup
+	$(PY) tools/make_wheelhouse.py $(WHEELHOUSE_ARGS)

@@ -6,7 +6,7 @@ import torch
 from plainmamba.ops import available_impls, resolve_impl, zigzag_scan, zigzag_scan_ref
 
 FAST = [name for name in available_impls() if name != "ref"]
-DEVICE = {"numba": "cpu", "mamba": "cuda"}
+DEVICE = {"numba": "cpu", "mamba": "cuda", "triton": "cuda"}
 
 
 def make_inputs(batch, h, w, channels=24, n_state=16, dtype=torch.float32, device="cpu"):

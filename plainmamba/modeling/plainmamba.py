@@ -186,8 +186,8 @@ class PlainMamba(Backbone):
         out_indices: layers whose tokens become output maps ``layer{i}``; negative counts from
             the end. The last layer goes through ``ln1``; the others through ``norm_layer{i}``.
         final_norm: apply ``ln1`` after the last layer (classification and segmentation).
-        scan_impl: selective-scan path (``auto``, ``ref``, ``numba``, ``mamba``); ``None`` reads
-            ``$PLAINMAMBA_SCAN``.
+        scan_impl: selective-scan path (``auto``, ``ref``, ``numba``, ``mamba``, ``triton``);
+            ``None`` reads ``$PLAINMAMBA_SCAN``.
     """
 
     def __init__(

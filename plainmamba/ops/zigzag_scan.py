@@ -18,13 +18,20 @@ Implementations, chosen by ``impl=`` or the ``PLAINMAMBA_SCAN`` environment vari
 - ``ref``: plain PyTorch recurrence, the oracle (slow, any device, autograd);
 - ``numba``: compiled CPU kernels, forward and backward (CPU default);
 - ``mamba``: mamba-ssm's ``selective_scan_fn``, four launches per layer (CUDA);
-- ``auto`` (default): ``numba`` on CPU, ``mamba`` on CUDA when installed, else ``ref``.
+- ``triton``: one fused Triton kernel for the four scans, forward and backward (CUDA; on CPU
+  only under ``TRITON_INTERPRET=1``, for tests);
+- ``auto`` (default): ``numba`` on CPU; on CUDA ``triton`` when it imports, else ``mamba`` when
+  installed, else ``ref``.
+
+The choice is resolved once per (requested name, device type) and treated as a constant by
+``torch.compile``; change ``$PLAINMAMBA_SCAN`` before the first forward.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
 from typing import Callable, Dict, Optional, Tuple
 
@@ -44,16 +51,19 @@ __all__ = [
 ]
 
 ENV_VAR = "PLAINMAMBA_SCAN"
-SCAN_IMPLS = ("auto", "ref", "numba", "mamba")
+SCAN_IMPLS = ("auto", "ref", "numba", "mamba", "triton")
 
 _INSTALL_HINTS = {
     "numba": "install it with `pip install numba` (a dependency of this package; reinstall with "
     "`pip install -e .`)",
     "mamba": "install mamba-ssm on a CUDA machine: `pip install mamba-ssm causal-conv1d "
     "--no-build-isolation` (needs a CUDA toolchain matching your PyTorch)",
+    "triton": "install Triton (`pip install triton`; PyTorch's Linux CUDA wheels bring a matching "
+    "one) and use a CUDA build of PyTorch",
 }
 
-_DEVICE_OF = {"numba": "cpu", "mamba": "cuda"}
+_DEVICE_OF = {"numba": "cpu", "mamba": "cuda", "triton": "cuda"}
+_TRITON_MODULE = __name__.rsplit(".", 1)[0] + ".zigzag_scan_triton"
 
 
 def check_grid(hw: Tuple[int, int], length: int) -> None:
@@ -112,6 +122,25 @@ def _mamba_available() -> bool:
         return False
 
 
+def _triton_importable() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _triton_available() -> bool:
+    return torch.cuda.is_available() and _triton_importable()
+
+
+def _triton_interpreted() -> bool:
+    """True when the Triton kernels run (or will run) on CPU tensors through the interpreter."""
+    module = sys.modules.get(_TRITON_MODULE)
+    if module is not None:
+        return bool(getattr(module, "INTERPRETED", False))
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and _triton_importable()
+
+
 def available_impls() -> Tuple[str, ...]:
     """Names of the implementations usable on this machine (``ref`` always)."""
     names = ["ref"]
@@ -119,6 +148,8 @@ def available_impls() -> Tuple[str, ...]:
         names.append("numba")
     if _mamba_available():
         names.append("mamba")
+    if _triton_available():
+        names.append("triton")
     return tuple(names)
 
 
@@ -141,6 +172,8 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
             f"choose one of {', '.join(SCAN_IMPLS)}"
         )
     if requested == "auto":
+        if device.type == "cuda" and _triton_available():
+            return "triton"
         if device.type == "cuda" and _mamba_available():
             return "mamba"
         if device.type == "cpu" and _numba_available():
@@ -161,6 +194,13 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
             "selective-scan path 'mamba' is not available (needs CUDA and mamba-ssm): "
             + _INSTALL_HINTS["mamba"]
         )
+    if requested == "triton":
+        if device.type == "cpu" and _triton_interpreted():
+            return requested  # CPU tensors through the Triton interpreter (tests)
+        if not _triton_importable():
+            raise RuntimeError(
+                "selective-scan path 'triton' is not available: " + _INSTALL_HINTS["triton"]
+            )
     needed = _DEVICE_OF.get(requested)
     if needed is not None and device.type != needed:
         raise ValueError(
@@ -181,10 +221,30 @@ def _get_impl(name: str) -> Callable[..., torch.Tensor]:
         from .zigzag_scan_mamba import zigzag_scan_mamba
 
         return zigzag_scan_mamba
+    if name == "triton":
+        from .zigzag_scan_triton import zigzag_scan_triton
+
+        return zigzag_scan_triton
     raise ValueError(name)
 
 
 _IMPL_CACHE: Dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _resolve_cached(impl: Optional[str], device_type: str) -> str:
+    # Once per (name, $PLAINMAMBA_SCAN, device type): no environment or import look-ups per
+    # forward, and a constant for torch.compile, so the dispatch never breaks the graph.
+    key = f"{impl}|{os.environ.get(ENV_VAR)}|{device_type}"
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _RESOLVED[key] = resolve_impl(impl, torch.device(device_type))
+    return name
+
+
+_RESOLVED: Dict[str, str] = {}
+# What torch.compiler.assume_constant_result does, without importing torch._dynamo (and Triton)
+# with the package: torch.compile calls the function while tracing and keeps its result.
+_resolve_cached._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def zigzag_scan(
@@ -200,7 +260,7 @@ def zigzag_scan(
     impl: Optional[str] = None,
 ) -> torch.Tensor:
     """Four-direction zig-zag selective scan; see the module docstring for shapes and ``impl``."""
-    name = resolve_impl(impl, u.device)
+    name = _resolve_cached(impl, u.device.type)
     fn = _IMPL_CACHE.get(name)
     if fn is None:
         fn = _IMPL_CACHE[name] = _get_impl(name)

@@ -19,5 +19,5 @@ backbone = L(PlainMamba)(
     drop_path_rate=0.0,
     out_indices=[-1],
     final_norm=True,
-    scan_impl=None,  # None: $PLAINMAMBA_SCAN, else numba on CPU, mamba-ssm on CUDA
+    scan_impl=None,  # None: $PLAINMAMBA_SCAN, else numba on CPU, the Triton kernel on CUDA
 )

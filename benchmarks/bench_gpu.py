@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""GPU figures for PlainMamba-L1's scan paths, every path measured in the same run.
+
+    python benchmarks/bench_gpu.py --impls triton mamba --parts kernel infer train trunk \\
+        --compile none --json out.json
+
+Parts:
+
+- ``kernel``: the four-direction scan of one L1 layer (E=384, N=16, bf16 inputs) at 224 px,
+  batch 128, and at 1024 px, batch 1: forward alone (with the achieved bandwidth over the
+  fewest bytes it must move: u, delta, B, C read once, y written once), and forward + backward;
+- ``infer``: L1 classifier (trunk + pooled linear head), 224 px, bf16 autocast, images/s;
+- ``train``: one training step (forward, cross-entropy, backward, fused AdamW), images/s;
+- ``trunk``: the L1 trunk alone at 1024x1024, batch 1, bf16 autocast, milliseconds.
+
+``--compile`` takes ``none``, ``default`` (torch.compile) and ``reduce-overhead`` (torch.compile
+with CUDA graphs). Timings are medians over ``--iters`` calls timed with CUDA events after
+``--warmup`` calls; paths are timed one after the other on the same GPU. DeiT-Tiny (timm) is
+timed beside them for infer/train with ``--deit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+L1 = dict(embed_dim=192, depth=24, num_stem_convs=1, dwconv_layers=[0])
+PEAK_GBS = 3350.0  # H100 SXM HBM3, datasheet
+
+
+def cuda_ms(fn: Callable[[], object], warmup: int, iters: int) -> float:
+    """Median milliseconds of ``fn`` over ``iters`` calls, each timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def layer_inputs(batch: int, side: int, channels: int = 384, n_state: int = 16, rank: int = 12):
+    """One L1 layer's scan inputs in bf16, B and C as views of x_proj's output like the model."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    length = side * side
+    bf = torch.bfloat16
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=g, device="cuda") * scale + shift
+
+    proj = rnd(batch, length, rank + 2 * n_state).to(bf)
+    return dict(
+        u=rnd(batch, length, channels).to(bf),
+        delta=rnd(batch, length, channels, scale=0.5, shift=-2.0).to(bf),
+        A=-torch.exp(rnd(channels, n_state, scale=0.5, shift=0.5)),
+        B=proj[..., rank : rank + n_state],
+        C=proj[..., rank + n_state :],
+        D=rnd(channels),
+        direction_Bs=rnd(5, n_state, scale=0.02),
+        delta_bias=rnd(channels, scale=0.3),
+        hw=(side, side),
+    )
+
+
+def bench_kernel(impl: str, args) -> List[dict]:
+    from plainmamba.ops import zigzag_scan
+
+    rows = []
+    for batch, side in ((128, 14), (1, 64)):
+        inp = layer_inputs(batch, side)
+        length, channels, n_state = side * side, 384, 16
+        with torch.no_grad():
+            ms = cuda_ms(lambda: zigzag_scan(**inp, impl=impl), args.warmup, args.iters)
+        min_bytes = 2 * (2 * batch * length * channels + 2 * batch * length * n_state)
+        min_bytes += 2 * batch * length * channels
+        gbs = min_bytes / ms / 1e6
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inp.items() if k != "hw"}
+        gout = torch.randn(batch, length, channels, device="cuda", dtype=torch.bfloat16)
+
+        def fwd_bwd():
+            y = zigzag_scan(**leaves, hw=inp["hw"], impl=impl)
+            y.backward(gout)
+
+        ms_fb = cuda_ms(fwd_bwd, args.warmup, args.iters)
+        rows.append(
+            dict(
+                part="kernel", impl=impl, batch=batch, grid=f"{side}x{side}", fwd_ms=ms,
+                fwd_gbs=gbs, fwd_frac_of_3350=gbs / PEAK_GBS, fwd_bwd_ms=ms_fb,
+            )
+        )  # fmt: skip
+        print(
+            f"kernel {impl:6s} B={batch:3d} {side}x{side}: fwd {ms:8.3f} ms "
+            f"({gbs:6.0f} GB/s, {100 * gbs / PEAK_GBS:4.1f}% of 3350)  fwd+bwd {ms_fb:8.3f} ms",
+            flush=True,
+        )
+    return rows
+
+
+def build_l1(impl: str, drop_path: float = 0.0) -> nn.Module:
+    from plainmamba.modeling import PlainMamba
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = PlainMamba(**L1, drop_path_rate=drop_path, scan_impl=impl)
+            self.head = nn.Linear(192, 1000)
+
+        def forward(self, x):
+            tokens = self.backbone.forward_features(x)[0]
+            return self.head(tokens.mean(1))
+
+    return Classifier().cuda()
+
+
+def build_deit() -> nn.Module:
+    import timm
+
+    return timm.create_model("deit_tiny_patch16_224", num_classes=1000).cuda()
+
+
+def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
+    if mode == "none":
+        return model
+    if mode == "default":
+        return torch.compile(model)
+    return torch.compile(model, mode=mode)
+
+
+def bench_infer(name: str, model: nn.Module, batch: int, size: int, args, mode: str) -> dict:
+    model.eval()
+    run = maybe_compile(model, mode)
+    x = torch.randn(batch, 3, size, size, device="cuda")
+
+    def step():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return run(x)
+
+    t0 = time.time()
+    step()
+    torch.cuda.synchronize()
+    first = time.time() - t0
+    ms = cuda_ms(step, args.warmup, args.iters)
+    row = dict(part="infer", impl=name, compile=mode, batch=batch, size=size, ms=ms,
+               images_per_s=batch * 1e3 / ms, first_call_s=first)  # fmt: skip
+    print(f"infer  {name:6s} {mode:15s} B={batch} {size}px: {ms:8.2f} ms  "
+          f"{row['images_per_s']:9.0f} img/s", flush=True)  # fmt: skip
+    return row
+
+
+def bench_train(name: str, model: nn.Module, batch: int, size: int, args, mode: str) -> dict:
+    model.train()
+    run = maybe_compile(model, mode)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    y = torch.randint(0, 1000, (batch,), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(run(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.time()
+    step()
+    torch.cuda.synchronize()
+    first = time.time() - t0
+    torch.cuda.reset_peak_memory_stats()
+    ms = cuda_ms(step, args.warmup, args.iters)
+    row = dict(part="train", impl=name, compile=mode, batch=batch, size=size, ms=ms,
+               images_per_s=batch * 1e3 / ms, first_call_s=first,
+               peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)  # fmt: skip
+    print(f"train  {name:6s} {mode:15s} B={batch} {size}px: {ms:8.2f} ms  "
+          f"{row['images_per_s']:9.0f} img/s  peak {row['peak_mem_gb']:.1f} GiB",
+          flush=True)  # fmt: skip
+    return row
+
+
+def bench_trunk(impl: str, args, mode: str, size: int = 1024) -> dict:
+    from plainmamba.modeling import PlainMamba
+
+    trunk = PlainMamba(**L1, scan_impl=impl).cuda().eval()
+    run = maybe_compile(trunk, mode)
+    x = torch.randn(1, 3, size, size, device="cuda")
+
+    def step():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return run(x)
+
+    t0 = time.time()
+    step()
+    torch.cuda.synchronize()
+    first = time.time() - t0
+    ms = cuda_ms(step, args.warmup, args.iters)
+    print(f"trunk  {impl:6s} {mode:15s} B=1 {size}px: {ms:8.2f} ms", flush=True)
+    return dict(part="trunk", impl=impl, compile=mode, batch=1, size=size, ms=ms,
+                first_call_s=first)  # fmt: skip
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--impls", nargs="+", default=["triton"])
+    parser.add_argument("--parts", nargs="+", default=["kernel", "infer", "train", "trunk"])
+    parser.add_argument("--compile", nargs="+", default=["none"])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--slow-iters", type=int, default=5, help="iters for mamba/ref models")
+    parser.add_argument("--deit", action="store_true", help="time DeiT-Tiny too")
+    parser.add_argument(
+        "--trunk-mode", default=None, help="compile mode for the trunk part when compiling"
+    )
+    parser.add_argument(
+        "--blocks", nargs="+", type=int, default=None,
+        help="Triton channels per program to compare in the kernel part; the fastest (forward +"
+        " backward at batch 128) is then used for the model parts",
+    )  # fmt: skip
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("PLAINMAMBA_TRITON_STATS", "1")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    rows: List[Dict] = []
+    env = dict(
+        gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+        python=platform.python_version(), argv=sys.argv,
+    )  # fmt: skip
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    print(env, flush=True)
+
+    previous: Dict[str, List] = dict(runs=[], rows=[])
+    if args.json and os.path.exists(args.json):  # several invocations share one file
+        with open(args.json) as f:
+            previous = json.load(f)
+
+    def save():
+        if args.json:  # after every figure: a lease that ends early still returns the rest
+            with open(args.json, "w") as f:
+                runs = previous["runs"] + [env]
+                json.dump(dict(runs=runs, rows=previous["rows"] + rows), f, indent=1)
+
+    def guarded(fn, *a, **k):
+        try:
+            rows.append(fn(*a, **k))
+        except Exception as exc:  # keep the other figures of a lease
+            print(f"FAILED {fn.__name__}{a[:1]}: {type(exc).__name__}: {exc}", flush=True)
+            rows.append(dict(failed=f"{fn.__name__} {a[:1]} {k}: {exc!r}"[:500]))
+        torch.cuda.empty_cache()
+        save()
+
+    for impl in args.impls:
+        slow = impl in ("mamba", "ref")
+        it = argparse.Namespace(warmup=2 if slow else args.warmup,
+                                iters=args.slow_iters if slow else args.iters)  # fmt: skip
+        if "kernel" in args.parts:
+            blocks = args.blocks if (impl == "triton" and args.blocks) else [None]
+            best = None
+            for block in blocks:
+                if block is not None:
+                    os.environ["PLAINMAMBA_TRITON_BLOCK"] = str(block)
+                try:
+                    got = bench_kernel(impl, it)
+                except Exception as exc:
+                    print(f"FAILED kernel {impl} block={block}: {exc!r}", flush=True)
+                    rows.append(dict(failed=f"kernel {impl} block={block}: {exc!r}"[:500]))
+                    continue
+                for row in got:
+                    row["block"] = block
+                rows.extend(got)
+                save()
+                if best is None or got[0]["fwd_bwd_ms"] < best[1]:
+                    best = (block, got[0]["fwd_bwd_ms"])
+            if best is not None and best[0] is not None:
+                os.environ["PLAINMAMBA_TRITON_BLOCK"] = str(best[0])
+                print(f"using PLAINMAMBA_TRITON_BLOCK={best[0]} for the model parts", flush=True)
+                env["triton_block"] = best[0]
+        for mode in args.compile:
+            if slow and mode != "none":
+                continue  # mamba-ssm's extension is opaque to torch.compile
+            if "infer" in args.parts:
+                guarded(bench_infer, impl, build_l1(impl), args.batch, 224, it, mode)
+            if "train" in args.parts:
+                guarded(bench_train, impl, build_l1(impl, 0.1), args.batch, 224, it, mode)
+            if "trunk" in args.parts:
+                trunk_mode = args.trunk_mode if (mode != "none" and args.trunk_mode) else mode
+                guarded(bench_trunk, impl, it, trunk_mode)
+    if args.deit:
+        for mode in args.compile:
+            if "infer" in args.parts:
+                guarded(bench_infer, "deit_t", build_deit(), args.batch, 224, args, mode)
+            if "train" in args.parts:
+                guarded(bench_train, "deit_t", build_deit(), args.batch, 224, args, mode)
+    try:
+        from plainmamba.ops import zigzag_scan_triton as zt
+
+        env["triton_kernel_stats"] = zt.KERNEL_STATS
+        print("kernel registers/spills:", json.dumps(zt.KERNEL_STATS), flush=True)
+    except Exception:
+        pass
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One GPU lease on a bare machine (Python 3.12, torch, triton, no registry): install the wheels
+# carried in .whl/, build mamba-ssm's selective_scan_cuda in the background, run the Triton
+# tests on the GPU, the benchmarks (eager, then torch.compile while the build finishes), the
+# agreement with mamba-ssm and the training curves; logs and JSON go to $OUT. Every stage has a
+# time limit so that the whole script ends before $DEADLINE seconds.
+#   DEADLINE=540 PACK_MAMBA=0 bash benchmarks/run_gpu.sh   (run tool: carry [".whl"])
+set -o pipefail
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+OUT=${OUT:-/tmp/out}
+DEADLINE=${DEADLINE:-540}
+mkdir -p "$OUT" /tmp/site
+LOG=$OUT/log.txt
+T0=$(date +%s)
+stamp() { echo "=== [$(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
+# Seconds for a stage: its own cap, less what must stay for the stages after it.
+budget() {
+  local left=$((DEADLINE - ($(date +%s) - T0) - $2))
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
+run() {  # run CAP RESERVE CMD...: a stage within the deadline, its output's tail in the log
+  local t
+  t=$(budget "$1" "$2")
+  shift 2
+  if [ "$t" -lt 20 ]; then stamp "skipped (no time): $*"; return; fi
+  timeout "$t" "$@" 2>&1 | grep -v -i "warn" | tail -30 | tee -a "$LOG"
+}
+
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+  $(ls .whl/*.whl | grep -v detectron2) >>"$LOG" 2>&1 || exit 1
+# Detectron2's wheel is tagged cp310 for ops never imported: unpack it rather than install it.
+python3 -c "import zipfile, glob
+zipfile.ZipFile(glob.glob('.whl/sal_detectron2*.whl')[0]).extractall('/tmp/site')"
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" |
+  tee -a "$LOG"
+
+if ls .whl/mamba_so.part* >/dev/null 2>&1; then
+  mkdir -p /tmp/mamba && cat .whl/mamba_so.part* | tar xJf - -C /tmp/mamba && stamp "carried build"
+  BUILD_PID=
+else
+  (MAX_JOBS=12 TORCH_CUDA_ARCH_LIST=9.0 timeout 400 python3 benchmarks/build_mamba_ext.py \
+    .whl/mamba_ssm-*.tar.gz /tmp/mamba >/tmp/build.log 2>&1; echo "build rc=$?" >>/tmp/build.log) &
+  BUILD_PID=$!
+fi
+
+stamp "triton tests on the GPU"
+run 120 400 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py
+stamp "benchmarks: triton (eager) + DeiT-Tiny"
+run 100 300 python3 benchmarks/bench_gpu.py --impls triton --compile none --deit --blocks 16 32 \
+  --json "$OUT/bench_eager.json"
+if [ -n "$BUILD_PID" ]; then
+  stamp "waiting for the mamba-ssm build"
+  wait "$BUILD_PID"
+  tail -3 /tmp/build.log | tee -a "$LOG"
+  if [ "${PACK_MAMBA:-0}" = 1 ]; then  # back in pieces under 16 MB (carry as .whl/mamba_so.part*)
+    (cd /tmp/mamba && tar cf - mamba_ssm selective_scan_cuda*.so | xz -T16 -6 >/tmp/m.tar.xz) &&
+      split -b 15M /tmp/m.tar.xz "$OUT/mamba_so.part"
+  fi
+fi
+export PYTHONPATH=/tmp/mamba:$PYTHONPATH
+stamp "Triton vs mamba-ssm: agreement, benchmarks"
+run 45 255 python3 -m pytest -q tests/test_zigzag_scan_triton.py -k mamba
+run 60 195 python3 benchmarks/bench_gpu.py --impls mamba --compile none \
+  --json "$OUT/bench_eager.json"
+stamp "training curves"
+run 130 60 python3 benchmarks/train_curve.py --impls triton mamba --iters 200 --batch 32 \
+  --json "$OUT/curves.json"
+stamp "benchmarks: triton, torch.compile"
+run 240 0 python3 benchmarks/bench_gpu.py --impls triton --parts infer train trunk \
+  --compile default --trunk-mode reduce-overhead --json "$OUT/bench_compile.json"
+stamp "done"

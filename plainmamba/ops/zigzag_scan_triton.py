@@ -1,0 +1,907 @@
+"""Fused GPU zig-zag selective scan: Triton kernels for the four scans of a layer, fwd and bwd.
+
+Layout. A program owns one batch element, a block of ``BE`` channels and one chunk of steps;
+its state is four (N, BE) float32 tensors in registers, one per scan order. Since delta, B and
+C are indexed by the step (SPEC 4.6), ``exp(delta_t * A)`` is computed once per step and shared
+by the four recurrences; each recurrence gathers ``u`` at the token its order visits, adds its
+direction offset to ``B_t`` and adds ``y_k + D * u`` to that token of a float32 output with a
+relaxed atomic (the four scans deliver a token at four different steps).
+
+Register layout. The states axis must stay inside a thread (or two), so that the sums over
+states (``y = h . C`` and friends) need no shuffles and no shared-memory round trips. Triton picks
+layouts from the memory contiguity of loads; B_t, C_t, A and the direction offsets are therefore
+loaded as (N, BE) tiles through offsets multiplied by ``one``, a run-time 1 that is kept out of
+specialisation, which hides their contiguity along the states. (Loaded as (N,) vectors, A's
+contiguity along N made Triton spread the states over 16 lanes: 256 shuffles and 9 shared-memory
+conversions a step in the forward.)
+
+Chunks. With few (batch, channel-block) programs (batch 1 at high resolution) the steps are
+cut into chunks that run in parallel: a first pass gives each chunk's final state from a zero
+start and its summed delta (the decay of a whole chunk, ``exp(A * sum delta)``, is shared by
+the four scans), a small carry kernel walks the chunks, and the main pass reruns each chunk from
+its true initial state. With enough programs (batch 128 at 224) there is one chunk.
+
+Backward. No per-step state is stored. With ``r_t = dL/dh_t`` (a reverse recurrence) and
+``h_t`` (a forward one), the only terms that need both at once are
+``q_t = r_t * exp(delta_t A) * h_{t-1}``, needed as ``sum_n A q_t`` (for d delta) and
+``sum_t delta_t q_t`` (for dA). Both follow from one-sided sums, because
+``r_t h_t - r_{t-1} h_{t-1} = r_t d_t - c_{t-1} h_{t-1}`` (``d_t`` the drive, ``c_t`` the output
+gradient times ``C_t``):
+
+- ``sum_n A q_t = sum_{s<t} (psi_s - phi_s)``, with ``psi_s = sum_n A d_s r_s`` from the reverse
+  pass and ``phi_s = sum_n A c_s h_s`` from a forward pass: an exclusive cumulative sum;
+- ``sum_t delta_t q_t = sum_s S_{s+1} (r_s d_s - c_s h_s)``, with ``S_{s+1}`` the sum of delta
+  after step ``s``.
+
+So the backward is a reverse pass (r: du, d delta's direct part, dB, the direction offsets'
+gradient, psi, half of dA) and a forward pass (h again: dC, phi, the other half of dA), each a
+plain loop in registers, chunked like the forward when needed (the reverse carry between chunks
+uses the same per-chunk decay).
+
+Inputs may be float32, float16 or bfloat16; all arithmetic is float32. Set ``TRITON_INTERPRET=1``
+before this module is imported to run the kernels on CPU tensors (tests).
+"""
+
+import os
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .scan_orders import scan_orders
+
+__all__ = ["zigzag_scan_triton", "chunk_length", "INTERPRETED", "order_table"]
+
+# Decided by Triton when the kernels below are decorated, so read it the same way.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+CHUNK_ENV = "PLAINMAMBA_TRITON_CHUNK"  # force a chunk length (tests, tuning)
+BLOCK_ENV = "PLAINMAMBA_TRITON_BLOCK"  # channels per program (power of two, >= 16)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _softplus(x):
+    # log1p(exp(x)) without a log1p: log(w) * e / (w - 1) keeps full precision for small e.
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    den = tl.where(w == 1.0, 1.0, w - 1.0)
+    small = tl.where(w == 1.0, e, tl.log(w) * (e / den))
+    return tl.where(x > 20.0, x, small)
+
+
+@triton.jit
+def _load_row(base, t, stride, offs, mask):
+    # Offsets inside one batch element fit in int32; the batch offset is int64 already.
+    return tl.load(base + t * stride + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_col(base, vec, n_tile, col0):
+    # A per-state vector (a reduction over channels) stored from one column of the tile, so it
+    # stays in the tile's register layout instead of being converted.
+    tl.store(base + n_tile, tl.broadcast_to(vec[:, None], n_tile.shape), mask=col0)
+
+
+@triton.jit
+def _fwd_dir(h, dA, dt, uk, code, Bc, Cc, Dv, db_ptr, n_tile, mn_tile, N, y_b, E, offs_e, me,
+             WRITE_Y: tl.constexpr):  # fmt: skip
+    bk = Bc + tl.load(db_ptr + (code & 7) * N + n_tile, mask=mn_tile, other=0.0)
+    h = dA * h + bk * (dt * uk)[None, :]
+    if WRITE_Y:
+        yk = tl.sum(h * Cc, axis=0) + Dv * uk
+        tok = (code >> 3).to(tl.int64)
+        tl.atomic_add(y_b + tok * E + offs_e, yk, mask=me, sem="relaxed")
+    return h
+
+
+@triton.jit(do_not_specialize=["one"])
+def _zz_fwd_kernel(
+    u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, d_ptr, db_ptr, bias_ptr, od_ptr,
+    y_ptr, hin_ptr, hend_ptr, dsum_ptr,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l,
+    L, E, N, T, NCH, one,
+    NP: tl.constexpr, BE: tl.constexpr,
+    HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_STATE: tl.constexpr,
+):  # fmt: skip
+    """Forward over one chunk: outputs (WRITE_Y) and/or the chunk's end state (WRITE_STATE)."""
+    pe = tl.program_id(0)
+    pc = tl.program_id(1)
+    pb = tl.program_id(2).to(tl.int64)
+    t0 = pc * T
+    t1 = tl.minimum(t0 + T, L)
+    offs_e = pe * BE + tl.arange(0, BE)
+    me = offs_e < E
+    offs_n = tl.arange(0, NP)
+    mn = offs_n < N
+    m2 = mn[:, None] & me[None, :]
+    n_tile = offs_n[:, None] * one + tl.zeros((NP, BE), tl.int32)
+    mn_tile = n_tile < N
+    col0 = mn_tile & (tl.arange(0, BE) == 0)[None, :]
+    slab = N * E
+    st_offs = offs_n[:, None] * E + offs_e[None, :] * one
+    A = tl.load(a_ptr + offs_e[None, :] * N + offs_n[:, None] * one, mask=m2, other=0.0)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0)
+    Dv = tl.load(d_ptr + offs_e, mask=me, other=0.0)
+    u_b = u_ptr + pb * su_b
+    dl_b = dl_ptr + pb * sd_b
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
+    y_b = y_ptr + pb * L * E
+    if HAS_INIT:
+        hb = hin_ptr + (pb * (NCH - 1) + pc - 1) * 4 * slab + st_offs
+        mi = m2 & (pc > 0)
+        h1 = tl.load(hb, mask=mi, other=0.0)
+        h2 = tl.load(hb + slab, mask=mi, other=0.0)
+        h3 = tl.load(hb + 2 * slab, mask=mi, other=0.0)
+        h4 = tl.load(hb + 3 * slab, mask=mi, other=0.0)
+    else:
+        h1 = tl.zeros((NP, BE), tl.float32)
+        h2 = tl.zeros((NP, BE), tl.float32)
+        h3 = tl.zeros((NP, BE), tl.float32)
+        h4 = tl.zeros((NP, BE), tl.float32)
+    dsum = tl.zeros((BE,), tl.float32)
+
+    # Software pipelining by hand: order codes two steps ahead, rows one step ahead.
+    k1 = tl.load(od_ptr + t0)
+    k2 = tl.load(od_ptr + L + t0)
+    k3 = tl.load(od_ptr + 2 * L + t0)
+    k4 = tl.load(od_ptr + 3 * L + t0)
+    tq = tl.minimum(t0 + 1, t1 - 1)
+    q1 = tl.load(od_ptr + tq)
+    q2 = tl.load(od_ptr + L + tq)
+    q3 = tl.load(od_ptr + 2 * L + tq)
+    q4 = tl.load(od_ptr + 3 * L + tq)
+    x = _load_row(dl_b, t0, sd_l, offs_e, me)
+    Bc = _load_row(b_b, t0, sb_l, n_tile, mn_tile)
+    Cc = _load_row(c_b, t0, sc_l, n_tile, mn_tile)
+    u1 = _load_row(u_b, k1 >> 3, su_l, offs_e, me)
+    u2 = _load_row(u_b, k2 >> 3, su_l, offs_e, me)
+    u3 = _load_row(u_b, k3 >> 3, su_l, offs_e, me)
+    u4 = _load_row(u_b, k4 >> 3, su_l, offs_e, me)
+    for t in range(t0, t1):
+        tn = tl.minimum(t + 1, t1 - 1)
+        tnn = tl.minimum(t + 2, t1 - 1)
+        x_n = _load_row(dl_b, tn, sd_l, offs_e, me)
+        B_n = _load_row(b_b, tn, sb_l, n_tile, mn_tile)
+        C_n = _load_row(c_b, tn, sc_l, n_tile, mn_tile)
+        u1_n = _load_row(u_b, q1 >> 3, su_l, offs_e, me)
+        u2_n = _load_row(u_b, q2 >> 3, su_l, offs_e, me)
+        u3_n = _load_row(u_b, q3 >> 3, su_l, offs_e, me)
+        u4_n = _load_row(u_b, q4 >> 3, su_l, offs_e, me)
+        r1 = tl.load(od_ptr + tnn)
+        r2 = tl.load(od_ptr + L + tnn)
+        r3 = tl.load(od_ptr + 2 * L + tnn)
+        r4 = tl.load(od_ptr + 3 * L + tnn)
+
+        dt = _softplus(x + bias)
+        dA = tl.exp(dt[None, :] * A)
+        h1 = _fwd_dir(
+            h1, dA, dt, u1, k1, Bc, Cc, Dv, db_ptr, n_tile, mn_tile, N, y_b, E, offs_e, me, WRITE_Y
+        )
+        h2 = _fwd_dir(
+            h2, dA, dt, u2, k2, Bc, Cc, Dv, db_ptr, n_tile, mn_tile, N, y_b, E, offs_e, me, WRITE_Y
+        )
+        h3 = _fwd_dir(
+            h3, dA, dt, u3, k3, Bc, Cc, Dv, db_ptr, n_tile, mn_tile, N, y_b, E, offs_e, me, WRITE_Y
+        )
+        h4 = _fwd_dir(
+            h4, dA, dt, u4, k4, Bc, Cc, Dv, db_ptr, n_tile, mn_tile, N, y_b, E, offs_e, me, WRITE_Y
+        )
+        if WRITE_STATE:
+            dsum += dt
+
+        x = x_n
+        Bc = B_n
+        Cc = C_n
+        u1 = u1_n
+        u2 = u2_n
+        u3 = u3_n
+        u4 = u4_n
+        k1 = q1
+        k2 = q2
+        k3 = q3
+        k4 = q4
+        q1 = r1
+        q2 = r2
+        q3 = r3
+        q4 = r4
+    if WRITE_STATE:
+        hb = hend_ptr + (pb * NCH + pc) * 4 * slab + st_offs
+        tl.store(hb, h1, mask=m2)
+        tl.store(hb + slab, h2, mask=m2)
+        tl.store(hb + 2 * slab, h3, mask=m2)
+        tl.store(hb + 3 * slab, h4, mask=m2)
+        tl.store(dsum_ptr + (pb * NCH + pc) * E + offs_e, dsum, mask=me)
+
+
+@triton.jit(do_not_specialize=["one"])
+def _zz_fwd_carry_kernel(a_ptr, hend_ptr, dsum_ptr, hin_ptr, E, N, NCH, one,
+                         NP: tl.constexpr, BE: tl.constexpr):  # fmt: skip
+    """Initial state of chunks 1..NCH-1 from the chunks' zero-start end states and decays."""
+    pe = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    offs_e = pe * BE + tl.arange(0, BE)
+    me = offs_e < E
+    offs_n = tl.arange(0, NP)
+    m2 = (offs_n < N)[:, None] & me[None, :]
+    slab = N * E
+    st_offs = offs_n[:, None] * E + offs_e[None, :] * one
+    A = tl.load(a_ptr + offs_e[None, :] * N + offs_n[:, None] * one, mask=m2, other=0.0)
+    h1 = tl.zeros((NP, BE), tl.float32)
+    h2 = tl.zeros((NP, BE), tl.float32)
+    h3 = tl.zeros((NP, BE), tl.float32)
+    h4 = tl.zeros((NP, BE), tl.float32)
+    for c in range(0, NCH - 1):
+        ds = tl.load(dsum_ptr + (pb * NCH + c) * E + offs_e, mask=me, other=0.0)
+        P = tl.exp(A * ds[None, :])
+        src = hend_ptr + (pb * NCH + c) * 4 * slab + st_offs
+        h1 = P * h1 + tl.load(src, mask=m2, other=0.0)
+        h2 = P * h2 + tl.load(src + slab, mask=m2, other=0.0)
+        h3 = P * h3 + tl.load(src + 2 * slab, mask=m2, other=0.0)
+        h4 = P * h4 + tl.load(src + 3 * slab, mask=m2, other=0.0)
+        dst = hin_ptr + (pb * (NCH - 1) + c) * 4 * slab + st_offs
+        tl.store(dst, h1, mask=m2)
+        tl.store(dst + slab, h2, mask=m2)
+        tl.store(dst + 2 * slab, h3, mask=m2)
+        tl.store(dst + 3 * slab, h4, mask=m2)
+
+
+@triton.jit
+def _rev_dir(r, a_next, gk, uk, code, dt, Bc, Cc, db_ptr, n_tile, mn_tile, N, du_b, E, offs_e, me,
+             U, W, gam, acc1, acc2, acc3, acc4, MAIN: tl.constexpr):  # fmt: skip
+    r = a_next * r + Cc * gk[None, :]
+    if MAIN:
+        d = code & 7
+        bk = Bc + tl.load(db_ptr + d * N + n_tile, mask=mn_tile, other=0.0)
+        rb = tl.sum(r * bk, axis=0)
+        ru = r * uk[None, :]
+        U += ru
+        W += ru * bk
+        gam += uk * rb
+        tok = (code >> 3).to(tl.int64)
+        tl.atomic_add(du_b + tok * E + offs_e, dt * rb, mask=me, sem="relaxed")
+        # Direction offsets: d is uniform over the program, so these are cheap branches.
+        if d == 1:
+            acc1 += ru * dt[None, :]
+        elif d == 2:
+            acc2 += ru * dt[None, :]
+        elif d == 3:
+            acc3 += ru * dt[None, :]
+        elif d == 4:
+            acc4 += ru * dt[None, :]
+    return r, U, W, gam, acc1, acc2, acc3, acc4
+
+
+@triton.jit(do_not_specialize=["one"])
+def _zz_bwd_rev_kernel(
+    u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, db_ptr, bias_ptr, od_ptr, gy_ptr,
+    rho_ptr, later_ptr,
+    du_ptr, gam_ptr, w_ptr, dbp_ptr, dap_ptr, dirp_ptr, sst_ptr, plocal_ptr, dsum_ptr,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l,
+    BATCH, L, E, N, T, NCH, NEB, one,
+    NP: tl.constexpr, BE: tl.constexpr, HAS_CARRY: tl.constexpr, MAIN: tl.constexpr,
+):  # fmt: skip
+    """Reverse pass over one chunk.
+
+    MAIN: gradients (du, d delta's direct part, psi, dB, direction offsets, dA's r-half).
+    Otherwise: the chunk's zero-carry ``a_t0 * r_t0`` and summed delta, for the reverse carry.
+    """
+    pe = tl.program_id(0)
+    pc = tl.program_id(1)
+    pb = tl.program_id(2).to(tl.int64)
+    t0 = pc * T
+    t1 = tl.minimum(t0 + T, L)
+    offs_e = pe * BE + tl.arange(0, BE)
+    me = offs_e < E
+    offs_n = tl.arange(0, NP)
+    mn = offs_n < N
+    m2 = mn[:, None] & me[None, :]
+    n_tile = offs_n[:, None] * one + tl.zeros((NP, BE), tl.int32)
+    mn_tile = n_tile < N
+    col0 = mn_tile & (tl.arange(0, BE) == 0)[None, :]
+    slab = N * E
+    st_offs = offs_n[:, None] * E + offs_e[None, :] * one
+    A = tl.load(a_ptr + offs_e[None, :] * N + offs_n[:, None] * one, mask=m2, other=0.0)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0)
+    u_b = u_ptr + pb * su_b
+    g_b = gy_ptr + pb * sg_b
+    dl_b = dl_ptr + pb * sd_b
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
+    du_b = du_ptr + pb * L * E
+    if HAS_CARRY:
+        rb_ = rho_ptr + (pb * (NCH - 1) + pc) * 4 * slab + st_offs
+        mr = m2 & (pc < NCH - 1)
+        r1 = tl.load(rb_, mask=mr, other=0.0)
+        r2 = tl.load(rb_ + slab, mask=mr, other=0.0)
+        r3 = tl.load(rb_ + 2 * slab, mask=mr, other=0.0)
+        r4 = tl.load(rb_ + 3 * slab, mask=mr, other=0.0)
+        s_after = tl.load(later_ptr + (pb * NCH + pc) * E + offs_e, mask=me, other=0.0)
+    else:
+        r1 = tl.zeros((NP, BE), tl.float32)
+        r2 = tl.zeros((NP, BE), tl.float32)
+        r3 = tl.zeros((NP, BE), tl.float32)
+        r4 = tl.zeros((NP, BE), tl.float32)
+        s_after = tl.zeros((BE,), tl.float32)
+    a_next = tl.full((NP, BE), 1.0, tl.float32)
+    dA_acc = tl.zeros((NP, BE), tl.float32)
+    acc1 = tl.zeros((NP, BE), tl.float32)
+    acc2 = tl.zeros((NP, BE), tl.float32)
+    acc3 = tl.zeros((NP, BE), tl.float32)
+    acc4 = tl.zeros((NP, BE), tl.float32)
+
+    tl0 = t1 - 1
+    k1 = tl.load(od_ptr + tl0)
+    k2 = tl.load(od_ptr + L + tl0)
+    k3 = tl.load(od_ptr + 2 * L + tl0)
+    k4 = tl.load(od_ptr + 3 * L + tl0)
+    tq = tl.maximum(tl0 - 1, t0)
+    q1 = tl.load(od_ptr + tq)
+    q2 = tl.load(od_ptr + L + tq)
+    q3 = tl.load(od_ptr + 2 * L + tq)
+    q4 = tl.load(od_ptr + 3 * L + tq)
+    x = _load_row(dl_b, tl0, sd_l, offs_e, me)
+    g1 = _load_row(g_b, k1 >> 3, sg_l, offs_e, me)
+    g2 = _load_row(g_b, k2 >> 3, sg_l, offs_e, me)
+    g3 = _load_row(g_b, k3 >> 3, sg_l, offs_e, me)
+    g4 = _load_row(g_b, k4 >> 3, sg_l, offs_e, me)
+    if MAIN:
+        u1 = _load_row(u_b, k1 >> 3, su_l, offs_e, me)
+        u2 = _load_row(u_b, k2 >> 3, su_l, offs_e, me)
+        u3 = _load_row(u_b, k3 >> 3, su_l, offs_e, me)
+        u4 = _load_row(u_b, k4 >> 3, su_l, offs_e, me)
+    else:
+        u1 = x
+        u2 = x
+        u3 = x
+        u4 = x
+    for s in range(0, t1 - t0):
+        t = tl0 - s
+        tn = tl.maximum(t - 1, t0)
+        tnn = tl.maximum(t - 2, t0)
+        x_n = _load_row(dl_b, tn, sd_l, offs_e, me)
+        g1_n = _load_row(g_b, q1 >> 3, sg_l, offs_e, me)
+        g2_n = _load_row(g_b, q2 >> 3, sg_l, offs_e, me)
+        g3_n = _load_row(g_b, q3 >> 3, sg_l, offs_e, me)
+        g4_n = _load_row(g_b, q4 >> 3, sg_l, offs_e, me)
+        if MAIN:
+            u1_n = _load_row(u_b, q1 >> 3, su_l, offs_e, me)
+            u2_n = _load_row(u_b, q2 >> 3, su_l, offs_e, me)
+            u3_n = _load_row(u_b, q3 >> 3, su_l, offs_e, me)
+            u4_n = _load_row(u_b, q4 >> 3, su_l, offs_e, me)
+        else:
+            u1_n = x_n
+            u2_n = x_n
+            u3_n = x_n
+            u4_n = x_n
+        p1 = tl.load(od_ptr + tnn)
+        p2 = tl.load(od_ptr + L + tnn)
+        p3 = tl.load(od_ptr + 2 * L + tnn)
+        p4 = tl.load(od_ptr + 3 * L + tnn)
+        Bc = _load_row(b_b, t, sb_l, n_tile, mn_tile)
+        Cc = _load_row(c_b, t, sc_l, n_tile, mn_tile)
+
+        dt = _softplus(x + bias)
+        a = tl.exp(dt[None, :] * A)
+        U = tl.zeros((NP, BE), tl.float32)
+        W = tl.zeros((NP, BE), tl.float32)
+        gam = tl.zeros((BE,), tl.float32)
+        r1, U, W, gam, acc1, acc2, acc3, acc4 = _rev_dir(
+            r1, a_next, g1, u1, k1, dt, Bc, Cc, db_ptr, n_tile, mn_tile, N, du_b, E, offs_e, me,
+            U, W, gam, acc1, acc2, acc3, acc4, MAIN)  # fmt: skip
+        r2, U, W, gam, acc1, acc2, acc3, acc4 = _rev_dir(
+            r2, a_next, g2, u2, k2, dt, Bc, Cc, db_ptr, n_tile, mn_tile, N, du_b, E, offs_e, me,
+            U, W, gam, acc1, acc2, acc3, acc4, MAIN)  # fmt: skip
+        r3, U, W, gam, acc1, acc2, acc3, acc4 = _rev_dir(
+            r3, a_next, g3, u3, k3, dt, Bc, Cc, db_ptr, n_tile, mn_tile, N, du_b, E, offs_e, me,
+            U, W, gam, acc1, acc2, acc3, acc4, MAIN)  # fmt: skip
+        r4, U, W, gam, acc1, acc2, acc3, acc4 = _rev_dir(
+            r4, a_next, g4, u4, k4, dt, Bc, Cc, db_ptr, n_tile, mn_tile, N, du_b, E, offs_e, me,
+            U, W, gam, acc1, acc2, acc3, acc4, MAIN)  # fmt: skip
+        if MAIN:
+            row = (pb * L + t) * E + offs_e
+            tl.store(gam_ptr + row, gam, mask=me)
+            tl.store(w_ptr + row, dt * tl.sum(A * W, axis=0), mask=me)
+            dB_t = tl.sum(U * dt[None, :], axis=1)
+            _store_col(dbp_ptr + ((pe * BATCH + pb) * L + t) * N, dB_t, n_tile, col0)
+            dA_acc += (s_after * dt)[None, :] * W
+        s_after += dt
+        a_next = a
+
+        x = x_n
+        g1 = g1_n
+        g2 = g2_n
+        g3 = g3_n
+        g4 = g4_n
+        u1 = u1_n
+        u2 = u2_n
+        u3 = u3_n
+        u4 = u4_n
+        k1 = q1
+        k2 = q2
+        k3 = q3
+        k4 = q4
+        q1 = p1
+        q2 = p2
+        q3 = p3
+        q4 = p4
+    if MAIN:
+        tl.store(dap_ptr + (pb * NCH + pc) * slab + st_offs, dA_acc, mask=m2)
+        dirb = dirp_ptr + ((pb * NCH + pc) * NEB + pe) * 4 * N
+        _store_col(dirb, tl.sum(acc1, axis=1), n_tile, col0)
+        _store_col(dirb + N, tl.sum(acc2, axis=1), n_tile, col0)
+        _store_col(dirb + 2 * N, tl.sum(acc3, axis=1), n_tile, col0)
+        _store_col(dirb + 3 * N, tl.sum(acc4, axis=1), n_tile, col0)
+        tl.store(sst_ptr + (pb * NCH + pc) * E + offs_e, s_after, mask=me)
+    else:
+        pl = plocal_ptr + (pb * NCH + pc) * 4 * slab + st_offs
+        tl.store(pl, a_next * r1, mask=m2)
+        tl.store(pl + slab, a_next * r2, mask=m2)
+        tl.store(pl + 2 * slab, a_next * r3, mask=m2)
+        tl.store(pl + 3 * slab, a_next * r4, mask=m2)
+        tl.store(dsum_ptr + (pb * NCH + pc) * E + offs_e, s_after, mask=me)
+
+
+@triton.jit(do_not_specialize=["one"])
+def _zz_bwd_carry_kernel(a_ptr, plocal_ptr, dsum_ptr, rho_ptr, later_ptr, E, N, NCH, one,
+                         NP: tl.constexpr, BE: tl.constexpr):  # fmt: skip
+    """Reverse carries: what flows into the last step of chunk c from chunk c+1 onwards."""
+    pe = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    offs_e = pe * BE + tl.arange(0, BE)
+    me = offs_e < E
+    offs_n = tl.arange(0, NP)
+    m2 = (offs_n < N)[:, None] & me[None, :]
+    slab = N * E
+    st_offs = offs_n[:, None] * E + offs_e[None, :] * one
+    A = tl.load(a_ptr + offs_e[None, :] * N + offs_n[:, None] * one, mask=m2, other=0.0)
+    r1 = tl.zeros((NP, BE), tl.float32)
+    r2 = tl.zeros((NP, BE), tl.float32)
+    r3 = tl.zeros((NP, BE), tl.float32)
+    r4 = tl.zeros((NP, BE), tl.float32)
+    later = tl.zeros((BE,), tl.float32)
+    tl.store(later_ptr + (pb * NCH + NCH - 1) * E + offs_e, later, mask=me)
+    for j in range(0, NCH - 1):
+        c = NCH - 2 - j
+        ds = tl.load(dsum_ptr + (pb * NCH + c + 1) * E + offs_e, mask=me, other=0.0)
+        P = tl.exp(A * ds[None, :])
+        src = plocal_ptr + (pb * NCH + c + 1) * 4 * slab + st_offs
+        r1 = tl.load(src, mask=m2, other=0.0) + P * r1
+        r2 = tl.load(src + slab, mask=m2, other=0.0) + P * r2
+        r3 = tl.load(src + 2 * slab, mask=m2, other=0.0) + P * r3
+        r4 = tl.load(src + 3 * slab, mask=m2, other=0.0) + P * r4
+        dst = rho_ptr + (pb * (NCH - 1) + c) * 4 * slab + st_offs
+        tl.store(dst, r1, mask=m2)
+        tl.store(dst + slab, r2, mask=m2)
+        tl.store(dst + 2 * slab, r3, mask=m2)
+        tl.store(dst + 3 * slab, r4, mask=m2)
+        later += ds
+        tl.store(later_ptr + (pb * NCH + c) * E + offs_e, later, mask=me)
+
+
+@triton.jit
+def _fb_dir(h, a, dt, uk, gk, code, Bc, db_ptr, n_tile, mn_tile, N, G):
+    bk = Bc + tl.load(db_ptr + (code & 7) * N + n_tile, mask=mn_tile, other=0.0)
+    h = a * h + bk * (dt * uk)[None, :]
+    G += gk[None, :] * h
+    return h, G
+
+
+@triton.jit(do_not_specialize=["one"])
+def _zz_bwd_fwd_kernel(
+    u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, db_ptr, bias_ptr, od_ptr, gy_ptr,
+    hin_ptr, sst_ptr, w_ptr, dcp_ptr, dap_ptr,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l,
+    BATCH, L, E, N, T, NCH, one,
+    NP: tl.constexpr, BE: tl.constexpr, HAS_INIT: tl.constexpr,
+):  # fmt: skip
+    """Forward half of the backward: dC, phi (subtracted from psi in place), dA's h-half."""
+    pe = tl.program_id(0)
+    pc = tl.program_id(1)
+    pb = tl.program_id(2).to(tl.int64)
+    t0 = pc * T
+    t1 = tl.minimum(t0 + T, L)
+    offs_e = pe * BE + tl.arange(0, BE)
+    me = offs_e < E
+    offs_n = tl.arange(0, NP)
+    mn = offs_n < N
+    m2 = mn[:, None] & me[None, :]
+    n_tile = offs_n[:, None] * one + tl.zeros((NP, BE), tl.int32)
+    mn_tile = n_tile < N
+    col0 = mn_tile & (tl.arange(0, BE) == 0)[None, :]
+    slab = N * E
+    st_offs = offs_n[:, None] * E + offs_e[None, :] * one
+    A = tl.load(a_ptr + offs_e[None, :] * N + offs_n[:, None] * one, mask=m2, other=0.0)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0)
+    u_b = u_ptr + pb * su_b
+    g_b = gy_ptr + pb * sg_b
+    dl_b = dl_ptr + pb * sd_b
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
+    if HAS_INIT:
+        hb = hin_ptr + (pb * (NCH - 1) + pc - 1) * 4 * slab + st_offs
+        mi = m2 & (pc > 0)
+        h1 = tl.load(hb, mask=mi, other=0.0)
+        h2 = tl.load(hb + slab, mask=mi, other=0.0)
+        h3 = tl.load(hb + 2 * slab, mask=mi, other=0.0)
+        h4 = tl.load(hb + 3 * slab, mask=mi, other=0.0)
+    else:
+        h1 = tl.zeros((NP, BE), tl.float32)
+        h2 = tl.zeros((NP, BE), tl.float32)
+        h3 = tl.zeros((NP, BE), tl.float32)
+        h4 = tl.zeros((NP, BE), tl.float32)
+    run = tl.load(sst_ptr + (pb * NCH + pc) * E + offs_e, mask=me, other=0.0)
+    dA_acc = tl.zeros((NP, BE), tl.float32)
+
+    k1 = tl.load(od_ptr + t0)
+    k2 = tl.load(od_ptr + L + t0)
+    k3 = tl.load(od_ptr + 2 * L + t0)
+    k4 = tl.load(od_ptr + 3 * L + t0)
+    tq = tl.minimum(t0 + 1, t1 - 1)
+    q1 = tl.load(od_ptr + tq)
+    q2 = tl.load(od_ptr + L + tq)
+    q3 = tl.load(od_ptr + 2 * L + tq)
+    q4 = tl.load(od_ptr + 3 * L + tq)
+    x = _load_row(dl_b, t0, sd_l, offs_e, me)
+    u1 = _load_row(u_b, k1 >> 3, su_l, offs_e, me)
+    u2 = _load_row(u_b, k2 >> 3, su_l, offs_e, me)
+    u3 = _load_row(u_b, k3 >> 3, su_l, offs_e, me)
+    u4 = _load_row(u_b, k4 >> 3, su_l, offs_e, me)
+    g1 = _load_row(g_b, k1 >> 3, sg_l, offs_e, me)
+    g2 = _load_row(g_b, k2 >> 3, sg_l, offs_e, me)
+    g3 = _load_row(g_b, k3 >> 3, sg_l, offs_e, me)
+    g4 = _load_row(g_b, k4 >> 3, sg_l, offs_e, me)
+    for t in range(t0, t1):
+        tn = tl.minimum(t + 1, t1 - 1)
+        tnn = tl.minimum(t + 2, t1 - 1)
+        x_n = _load_row(dl_b, tn, sd_l, offs_e, me)
+        u1_n = _load_row(u_b, q1 >> 3, su_l, offs_e, me)
+        u2_n = _load_row(u_b, q2 >> 3, su_l, offs_e, me)
+        u3_n = _load_row(u_b, q3 >> 3, su_l, offs_e, me)
+        u4_n = _load_row(u_b, q4 >> 3, su_l, offs_e, me)
+        g1_n = _load_row(g_b, q1 >> 3, sg_l, offs_e, me)
+        g2_n = _load_row(g_b, q2 >> 3, sg_l, offs_e, me)
+        g3_n = _load_row(g_b, q3 >> 3, sg_l, offs_e, me)
+        g4_n = _load_row(g_b, q4 >> 3, sg_l, offs_e, me)
+        p1 = tl.load(od_ptr + tnn)
+        p2 = tl.load(od_ptr + L + tnn)
+        p3 = tl.load(od_ptr + 2 * L + tnn)
+        p4 = tl.load(od_ptr + 3 * L + tnn)
+        Bc = _load_row(b_b, t, sb_l, n_tile, mn_tile)
+        Cc = _load_row(c_b, t, sc_l, n_tile, mn_tile)
+        row = (pb * L + t) * E + offs_e
+        w_old = tl.load(w_ptr + row, mask=me, other=0.0)
+
+        dt = _softplus(x + bias)
+        a = tl.exp(dt[None, :] * A)
+        G = tl.zeros((NP, BE), tl.float32)
+        h1, G = _fb_dir(h1, a, dt, u1, g1, k1, Bc, db_ptr, n_tile, mn_tile, N, G)
+        h2, G = _fb_dir(h2, a, dt, u2, g2, k2, Bc, db_ptr, n_tile, mn_tile, N, G)
+        h3, G = _fb_dir(h3, a, dt, u3, g3, k3, Bc, db_ptr, n_tile, mn_tile, N, G)
+        h4, G = _fb_dir(h4, a, dt, u4, g4, k4, Bc, db_ptr, n_tile, mn_tile, N, G)
+        run -= dt  # now the sum of delta after step t
+        CG = Cc * G
+        tl.store(w_ptr + row, w_old - tl.sum(A * CG, axis=0), mask=me)
+        _store_col(dcp_ptr + ((pe * BATCH + pb) * L + t) * N, tl.sum(G, axis=1), n_tile, col0)
+        dA_acc += run[None, :] * CG
+
+        x = x_n
+        u1 = u1_n
+        u2 = u2_n
+        u3 = u3_n
+        u4 = u4_n
+        g1 = g1_n
+        g2 = g2_n
+        g3 = g3_n
+        g4 = g4_n
+        k1 = q1
+        k2 = q2
+        k3 = q3
+        k4 = q4
+        q1 = p1
+        q2 = p2
+        q3 = p3
+        q4 = p4
+    dap = dap_ptr + (pb * NCH + pc) * slab + st_offs
+    tl.store(dap, tl.load(dap, mask=m2, other=0.0) - dA_acc, mask=m2)
+
+
+# --------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------
+
+_TABLES: dict = {}
+
+
+def order_table(h: int, w: int, device: torch.device) -> Tensor:
+    """(4, h*w) int32: ``order << 3 | direction`` per scan and step, cached per grid and device."""
+    key = (int(h), int(w), str(device))
+    table = _TABLES.get(key)
+    if table is None:
+        orders, _, dirs = scan_orders(h, w, "cpu")
+        packed = (orders.to(torch.int32) << 3) | dirs.to(torch.int32)
+        table = _TABLES[key] = packed.contiguous().to(device)
+    return table
+
+
+_SMS: dict = {}
+
+
+def _num_sms(device: str) -> int:
+    sms = _SMS.get(device)
+    if sms is None:
+        sms = 4
+        if device.startswith("cuda") and torch.cuda.is_available():
+            sms = torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
+        _SMS[device] = sms
+    return sms
+
+
+def block_channels(backward: bool = False) -> int:
+    """Channels per program: ``$PLAINMAMBA_TRITON_BLOCK``, default 16 (one warp, two threads a
+    channel, eight states a thread).
+
+    With 32 (a thread a channel, all sixteen states in its registers) the reverse pass needs more
+    than 255 registers and spills; with 16 no kernel spills (benchmarks/RESULTS.md). ``backward``
+    is kept so that the two directions can be tuned apart.
+    """
+    block = int(os.environ.get(BLOCK_ENV, "16"))
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"${BLOCK_ENV} must be a power of two >= 16, got {block}")
+    return block
+
+
+def _chunk_for(batch: int, length: int, channels: int, device: str) -> int:
+    forced = os.environ.get(CHUNK_ENV)
+    if forced:
+        return max(1, min(int(forced), length))
+    programs = batch * -(-channels // block_channels())
+    target = 4 * _num_sms(device)
+    if 2 * programs >= target or length <= 64:
+        return length
+    n_chunks = min(-(-target // programs), -(-length // 32))
+    per_chunk = -(-length // n_chunks)
+    return min(length, -(-per_chunk // 8) * 8)
+
+
+# torch.compile calls it while tracing and keeps the result (assume_constant_result's marker).
+_chunk_for._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def chunk_length(batch: int, length: int, channels: int, device: torch.device) -> int:
+    """Steps per chunk: the whole sequence unless too few programs would fill the GPU.
+
+    Aim for about four programs per multiprocessor; ``$PLAINMAMBA_TRITON_CHUNK`` forces a length.
+    """
+    return _chunk_for(int(batch), int(length), int(channels), str(device))
+
+
+# Compiled kernels' register and spill counts by name, filled while $PLAINMAMBA_TRITON_STATS is
+# set (benchmarks report them: a spill means the state no longer fits in registers).
+KERNEL_STATS: dict = {}
+_STATS_ENV = "PLAINMAMBA_TRITON_STATS"
+
+
+def _launch(kernel, grid, *args, **kwargs):
+    compiled = kernel[grid](*args, **kwargs)
+    if os.environ.get(_STATS_ENV) and compiled is not None and hasattr(compiled, "n_regs"):
+        flags = ",".join(f"{k}={int(v)}" for k, v in kwargs.items() if k.isupper())
+        name = getattr(kernel, "__name__", None) or getattr(kernel.fn, "__name__", "kernel")
+        KERNEL_STATS[f"{name}[{flags}]"] = {
+            "regs": int(compiled.n_regs), "spills": int(compiled.n_spills),
+        }  # fmt: skip
+    return compiled
+
+
+def _num_warps(block: int) -> int:
+    return max(1, block // 32)
+
+
+def _row_strides(t: Tensor) -> Tuple[int, int]:
+    return t.stride(0), t.stride(1)
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
+    u, delta, B, C = (_unit_last(t) for t in (u, delta, B, C))
+    batch, length, channels = u.shape
+    n_state = A.shape[1]
+    block = block_channels()
+    n_e = -(-channels // block)
+    n_chunks = -(-length // chunk)
+    np_ = triton.next_power_of_2(n_state)
+    od = order_table(h, w, u.device)
+    f32 = torch.float32
+    y = torch.zeros((batch, length, channels), device=u.device, dtype=f32)
+    hin = torch.empty((batch, n_chunks - 1, 4, n_state, channels), device=u.device, dtype=f32)
+    strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(B), *_row_strides(C))
+    warps = _num_warps(block)
+    if n_chunks > 1:
+        hend = torch.empty((batch, n_chunks, 4, n_state, channels), device=u.device, dtype=f32)
+        dsum = torch.empty((batch, n_chunks, channels), device=u.device, dtype=f32)
+        _launch(_zz_fwd_kernel, (n_e, n_chunks, batch),
+            u, delta, B, C, A, D, direction_Bs, delta_bias, od, y, hin, hend, dsum, *strides,
+            length, channels, n_state, chunk, n_chunks, 1, NP=np_, BE=block,
+            HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, num_warps=warps,
+        )  # fmt: skip
+        _launch(_zz_fwd_carry_kernel, (n_e, batch),
+            A, hend, dsum, hin, channels, n_state, n_chunks, 1, NP=np_, BE=block, num_warps=warps,
+        )  # fmt: skip
+    # An empty tensor may have a null pointer, which Triton's launcher refuses: pass y instead.
+    _launch(_zz_fwd_kernel, (n_e, n_chunks, batch),
+        u, delta, B, C, A, D, direction_Bs, delta_bias, od, y, hin if n_chunks > 1 else y, y, y,
+        *strides,
+        length, channels, n_state, chunk, n_chunks, 1, NP=np_, BE=block,
+        HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, num_warps=warps,
+    )  # fmt: skip
+    return y, hin
+
+
+def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chunk):
+    u, delta, B, C, gy = (_unit_last(t) for t in (u, delta, B, C, gy))
+    batch, length, channels = u.shape
+    n_state = A.shape[1]
+    block = block_channels(backward=True)
+    n_e = -(-channels // block)
+    n_chunks = -(-length // chunk)
+    np_ = triton.next_power_of_2(n_state)
+    od = order_table(h, w, u.device)
+    dev, f32 = u.device, torch.float32
+    du = torch.zeros((batch, length, channels), device=dev, dtype=f32)
+    gam = torch.empty((batch, length, channels), device=dev, dtype=f32)
+    wbuf = torch.empty((batch, length, channels), device=dev, dtype=f32)
+    dbp = torch.empty((n_e, batch, length, n_state), device=dev, dtype=f32)
+    dcp = torch.empty((n_e, batch, length, n_state), device=dev, dtype=f32)
+    dap = torch.empty((batch, n_chunks, n_state, channels), device=dev, dtype=f32)
+    dirp = torch.empty((batch, n_chunks, n_e, 4, n_state), device=dev, dtype=f32)
+    sst = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
+    strides = (
+        *_row_strides(u), *_row_strides(delta), *_row_strides(B), *_row_strides(C),
+        *_row_strides(gy),
+    )  # fmt: skip
+    warps = _num_warps(block)
+    grid = (n_e, n_chunks, batch)
+    rho, later = du, du  # placeholders when there is a single chunk
+    if n_chunks > 1:
+        plocal = torch.empty((batch, n_chunks, 4, n_state, channels), device=dev, dtype=f32)
+        dsum = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
+        _launch(_zz_bwd_rev_kernel, grid,
+            u, delta, B, C, A, direction_Bs, delta_bias, od, gy, du, du,
+            du, gam, wbuf, dbp, dap, dirp, sst, plocal, dsum, *strides,
+            batch, length, channels, n_state, chunk, n_chunks, n_e, 1,
+            NP=np_, BE=block, HAS_CARRY=False, MAIN=False, num_warps=warps,
+        )  # fmt: skip
+        rho = torch.empty((batch, n_chunks - 1, 4, n_state, channels), device=dev, dtype=f32)
+        later = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
+        _launch(_zz_bwd_carry_kernel, (n_e, batch),
+            A, plocal, dsum, rho, later, channels, n_state, n_chunks, 1,
+            NP=np_, BE=block, num_warps=warps,
+        )  # fmt: skip
+    _launch(_zz_bwd_rev_kernel, grid,
+        u, delta, B, C, A, direction_Bs, delta_bias, od, gy, rho, later,
+        du, gam, wbuf, dbp, dap, dirp, sst, du, du, *strides,
+        batch, length, channels, n_state, chunk, n_chunks, n_e, 1,
+        NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, num_warps=warps,
+    )  # fmt: skip
+    _launch(_zz_bwd_fwd_kernel, grid,
+        u, delta, B, C, A, direction_Bs, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
+        wbuf, dcp, dap, *strides,
+        batch, length, channels, n_state, chunk, n_chunks, 1,
+        NP=np_, BE=block, HAS_INIT=n_chunks > 1, num_warps=warps,
+    )  # fmt: skip
+    return du, gam, wbuf, dbp, dcp, dap, dirp
+
+
+def _finish_grads(raw, gy, u, delta, B, C, D, delta_bias):
+    """The elementwise tail of the backward, in PyTorch so that torch.compile can fuse it."""
+    du, gam, wbuf, dbp, dcp, dap, dirp = raw
+    # d softplus(delta): the direct part plus the exclusive prefix sum of psi - phi.
+    d_soft = gam + torch.cumsum(wbuf, dim=1) - wbuf
+    d_delta = d_soft * torch.sigmoid(delta.float() + delta_bias)
+    d_bias = d_delta.sum((0, 1))
+    gyf = gy.float()
+    du = du + 4.0 * D * gyf  # each of the four scans adds D * u at every token
+    dD = 4.0 * (gyf * u.float()).sum((0, 1))
+    dA = dap.sum((0, 1)).t()
+    dB = dbp.sum(0)
+    dC = dcp.sum(0)
+    d_dir = torch.cat([dB[:, 0].sum(0, keepdim=True), dirp.sum((0, 1, 2))], dim=0)
+    return (
+        du.to(u.dtype), d_delta.to(delta.dtype), dA, dB.to(B.dtype), dC.to(C.dtype), dD,
+        d_dir, d_bias,
+    )  # fmt: skip
+
+
+# Registered once per process, opaque to torch.compile (fake impls give the shapes), so the
+# model compiles without graph breaks and replays under CUDA graphs.
+_OP_FWD = "plainmamba::zigzag_scan_fwd"
+_OP_BWD = "plainmamba::zigzag_scan_bwd"
+
+if not hasattr(torch.ops.plainmamba, "zigzag_scan_fwd"):
+
+    @torch.library.custom_op(_OP_FWD, mutates_args=())
+    def _fwd_op(
+        u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+        direction_Bs: Tensor, delta_bias: Tensor, h: int, w: int, chunk: int,
+    ) -> Tuple[Tensor, Tensor]:  # fmt: skip
+        return _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk)
+
+    @_fwd_op.register_fake
+    def _fwd_fake(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
+        batch, length, channels = u.shape
+        n_chunks = -(-length // chunk)
+        y = u.new_empty((batch, length, channels), dtype=torch.float32)
+        hin = u.new_empty((batch, n_chunks - 1, 4, A.shape[1], channels), dtype=torch.float32)
+        return y, hin
+
+    @torch.library.custom_op(_OP_BWD, mutates_args=())
+    def _bwd_op(
+        gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+        direction_Bs: Tensor, delta_bias: Tensor, hin: Tensor, h: int, w: int, chunk: int,
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        return _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chunk)
+
+    @_bwd_op.register_fake
+    def _bwd_fake(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chunk):
+        batch, length, channels = u.shape
+        n_state = A.shape[1]
+        n_e = -(-channels // block_channels(backward=True))
+        n_chunks = -(-length // chunk)
+        f32 = torch.float32
+        full = u.new_empty((batch, length, channels), dtype=f32)
+        parts = u.new_empty((n_e, batch, length, n_state), dtype=f32)
+        return (
+            full, torch.empty_like(full), torch.empty_like(full), parts, torch.empty_like(parts),
+            u.new_empty((batch, n_chunks, n_state, channels), dtype=f32),
+            u.new_empty((batch, n_chunks, n_e, 4, n_state), dtype=f32),
+        )  # fmt: skip
+
+    def _setup_context(ctx, inputs, output):
+        u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk = inputs
+        ctx.save_for_backward(u, delta, A, B, C, D, direction_Bs, delta_bias, output[1])
+        ctx.grid = (h, w, chunk)
+
+    def _backward(ctx, gy, _ghin):
+        saved = ctx.saved_tensors
+        u, delta, A, B, C, D, direction_Bs, delta_bias, _ = saved
+        raw = torch.ops.plainmamba.zigzag_scan_bwd(gy, *saved, *ctx.grid)
+        grads = _finish_grads(raw, gy, u, delta, B, C, D, delta_bias)
+        return (*grads, None, None, None)
+
+    _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def zigzag_scan_triton(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    direction_Bs: Tensor,
+    delta_bias: Tensor,
+    hw: Tuple[int, int],
+) -> Tensor:
+    """Triton path with the signature of :func:`plainmamba.ops.zigzag_scan_ref`."""
+    from .zigzag_scan import check_grid
+
+    batch, length, channels = u.shape
+    check_grid(hw, length)
+    chunk = chunk_length(batch, length, channels, u.device)
+    f32 = torch.float32
+    y, _ = torch.ops.plainmamba.zigzag_scan_fwd(
+        u, delta, A.to(f32).contiguous(), B, C, D.to(f32).contiguous(),
+        direction_Bs.to(f32).contiguous(), delta_bias.to(f32).contiguous(),
+        int(hw[0]), int(hw[1]), chunk,
+    )  # fmt: skip
+    return y.to(u.dtype)

@@ -1,0 +1,197 @@
+"""The fused Triton scan against the float32 reference: outputs and every gradient.
+
+With a GPU the cases below run compiled, plus cases at the shapes of PlainMamba-L1 and, when
+mamba-ssm is installed, against mamba-ssm's kernel. Without one they run on CPU tensors through
+Triton's interpreter, in a child pytest: ``TRITON_INTERPRET`` must be set before Triton itself is
+imported (its own ``tl.zeros`` and friends are decorated then), which this process may already
+have done for other tests.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from plainmamba.ops import available_impls, zigzag_scan, zigzag_scan_ref
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+_CHILD_ENV = "PLAINMAMBA_TRITON_INTERPRETER_CHILD"
+IN_CHILD = os.environ.get(_CHILD_ENV) == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if not (CUDA or IN_CHILD):
+
+    def test_kernels_under_triton_interpreter():
+        """Every case of this file, on CPU through the interpreter, in a fresh interpreter."""
+        env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+        env[_CHILD_ENV] = "1"
+        repo = Path(__file__).resolve().parents[1]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        report = proc.stdout[-6000:] + proc.stderr[-3000:]
+        assert proc.returncode == 0, report
+        assert " passed" in proc.stdout and "skipped" not in proc.stdout, report
+
+else:
+    zt = importlib.import_module("plainmamba.ops.zigzag_scan_triton")
+    assert zt.INTERPRETED == (not CUDA)
+
+    def make_inputs(batch, h, w, channels, n_state, dtype=torch.float32, seed=0):
+        g = torch.Generator().manual_seed(seed * 1000 + h * 37 + w)
+        length = h * w
+
+        def t(*shape, scale=1.0, shift=0.0):
+            return (torch.randn(*shape, generator=g) * scale + shift).to(DEVICE)
+
+        return dict(
+            u=t(batch, length, channels).to(dtype),
+            delta=t(batch, length, channels, scale=0.5, shift=-1.0).to(dtype),
+            A=-torch.exp(t(channels, n_state, scale=0.5, shift=0.5)),
+            B=t(batch, length, n_state).to(dtype),
+            C=t(batch, length, n_state).to(dtype),
+            D=t(channels),
+            direction_Bs=t(5, n_state, scale=0.1),
+            delta_bias=t(channels, scale=0.3),
+            hw=(h, w),
+        )
+
+    def run(fn, inputs, grad_out=None, **kwargs):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if k != "hw"}
+        y = fn(**leaves, hw=inputs["hw"], **kwargs)
+        if grad_out is None:
+            grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y)
+        (y.float() * grad_out.float()).sum().backward()
+        return y.detach(), {k: v.grad for k, v in leaves.items()}, grad_out
+
+    def rel_err(a, b):
+        a, b = a.double(), b.double()
+        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+    @pytest.fixture
+    def chunk(monkeypatch):
+        """Force a chunk length (``None`` keeps the automatic one)."""
+
+        def set_chunk(length):
+            if length is None:
+                monkeypatch.delenv(zt.CHUNK_ENV, raising=False)
+            else:
+                monkeypatch.setenv(zt.CHUNK_ENV, str(length))
+
+        return set_chunk
+
+    # (batch, h, w, channels, n_state, chunk, block): odd grids, masked channels and states,
+    # several channel blocks, and chunked scans whose chunks end mid-row (the last one short).
+    CASES = [
+        (1, 1, 5, 24, 4, None, 32),
+        (2, 3, 1, 24, 5, None, 32),
+        (1, 5, 7, 40, 16, None, 16),
+        (1, 1, 1, 8, 3, None, 16),
+        (1, 6, 7, 24, 5, 8, 16),
+        (1, 3, 5, 16, 4, 1, 16),
+    ]
+    if CUDA:  # the small cases ran on CPU; here one of them and PlainMamba-L1's layer (E = 384,
+        # N = 16) at 14x14 (224 px) and chunked at 32x32
+        CASES = [
+            (2, 5, 7, 40, 16, 8, 16),
+            (2, 14, 14, 384, 16, None, 32),
+            (1, 32, 32, 384, 16, 96, 32),
+        ]
+
+    @pytest.mark.parametrize("batch,h,w,channels,n_state,chunk_len,block", CASES)
+    def test_matches_reference_fp32(batch, h, w, channels, n_state, chunk_len, block, chunk,
+                                    monkeypatch):  # fmt: skip
+        chunk(chunk_len)
+        monkeypatch.setenv(zt.BLOCK_ENV, str(block))
+        inputs = make_inputs(batch, h, w, channels, n_state)
+        y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
+        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
+        assert y.dtype == torch.float32
+        assert rel_err(y, y_ref) < 1e-5
+        for name, ref in g_ref.items():
+            assert grads[name].shape == ref.shape, name
+            assert rel_err(grads[name], ref) < 2e-4, name
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_half_precision_inputs(dtype, chunk):
+        chunk(8)  # chunked as well
+        inputs = make_inputs(1, 5, 7, 24, 8, dtype=dtype)
+        y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
+        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
+        assert y.dtype == dtype
+        assert rel_err(y, y_ref) < 2e-2
+        for name, ref in g_ref.items():
+            assert grads[name].dtype == inputs[name].dtype, name
+            assert rel_err(grads[name], ref) < 2e-2, name
+
+    def test_inference_and_switch(chunk):
+        """No-grad calls, and the ``impl="triton"`` switch, give the reference's output."""
+        chunk(None)
+        inputs = make_inputs(2, 4, 6, 24, 16)
+        with torch.no_grad():
+            y_ref = zigzag_scan_ref(**inputs)
+            y = zigzag_scan(**inputs, impl="triton")
+        assert rel_err(y, y_ref) < 1e-5
+
+    def test_chunk_rule(monkeypatch):
+        # Batch 128 at 224 px fills an H100 with one chunk; batch 1 at 1024 px is cut into chunks.
+        monkeypatch.delenv(zt.CHUNK_ENV, raising=False)
+        monkeypatch.delenv(zt.BLOCK_ENV, raising=False)
+        monkeypatch.setitem(zt._SMS, "cuda:0", 132)  # an H100
+        assert zt._chunk_for(128, 196, 384, "cuda:0") == 196
+        chunk = zt._chunk_for(1, 4096, 384, "cuda:0")
+        assert chunk % 8 == 0 and 32 <= chunk <= 256
+        table = zt.order_table(3, 4, torch.device("cpu"))
+        assert table.dtype == torch.int32 and tuple(table.shape) == (4, 12)
+        assert zt.order_table(3, 4, torch.device("cpu")) is table  # cached
+
+    def test_compiles_without_graph_breaks(chunk):
+        """The mixer with the Triton path compiles as one graph (opaque custom op, fake impls)."""
+        from plainmamba.modeling.plainmamba import PlainMambaMixer
+
+        chunk(None)
+        torch.manual_seed(0)
+        mixer = PlainMambaMixer(16, d_state=4, scan_impl="triton").to(DEVICE)
+        x = torch.randn(2, 15, 16, device=DEVICE, requires_grad=True)
+        torch._dynamo.reset()
+        # Compiled first, so the scan path is resolved while tracing too.
+        compiled = torch.compile(mixer, backend="aot_eager", fullgraph=True)
+        y1 = compiled(x, (3, 5))
+        (g1,) = torch.autograd.grad(y1.square().sum(), x)
+        y0 = mixer(x, (3, 5))
+        (g0,) = torch.autograd.grad(y0.square().sum(), x)
+        assert rel_err(y1, y0) < 1e-6 and rel_err(g1, g0) < 1e-6
+
+    def test_custom_op_registration():
+        """torch.library's own checks of the schema, fake impl and autograd registration."""
+        inputs = make_inputs(1, 2, 3, 16, 4)
+        f32 = torch.float32
+        args = (
+            inputs["u"].requires_grad_(), inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+            inputs["D"].to(f32), inputs["direction_Bs"], inputs["delta_bias"], 2, 3, 6,
+        )  # fmt: skip
+        torch.library.opcheck(
+            torch.ops.plainmamba.zigzag_scan_fwd.default,
+            args,
+            test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+        )
+
+    if "mamba" in available_impls():
+
+        @pytest.mark.parametrize(
+            "batch,h,w,dtype", [(8, 14, 14, torch.float32), (8, 14, 14, torch.bfloat16)]
+        )
+        def test_agrees_with_mamba_ssm(batch, h, w, dtype, chunk):
+            """On a GPU with mamba-ssm: same outputs and gradients as the released kernel path."""
+            chunk(None)
+            inputs = make_inputs(batch, h, w, 384, 16, dtype=dtype)
+            y_m, g_m, gout = run(zigzag_scan, inputs, impl="mamba")
+            y_t, g_t, _ = run(zigzag_scan, inputs, gout, impl="triton")
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            assert rel_err(y_t, y_m) < tol
+            for name, ref in g_m.items():
+                assert rel_err(g_t[name], ref) < 10 * tol, name
