@@ -9,7 +9,7 @@ here; Random Erasing, Mixup / CutMix and label smoothing work on the normalised 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -109,13 +109,17 @@ class ClassificationMapper:
             read_image = read_classification_image
         self.read_image = read_image
 
+    def image_tensor(self, image: Any) -> torch.Tensor:
+        """This pipeline on one PIL RGB image: a ``(3, size, size)`` uint8 tensor."""
+        return _to_chw_uint8(self.transform(image))
+
     def __call__(self, record: Dict[str, Any]) -> Dict[str, Any]:
         if "label" not in record:
             where = record.get("file_name", record.get("image_id", "?"))
             raise KeyError(f"classification record {where} has no 'label'")
         image = self.read_image(record)
         out = {k: v for k, v in record.items() if k in ("file_name", "image_id", "label")}
-        out["image"] = _to_chw_uint8(self.transform(image))
+        out["image"] = self.image_tensor(image)
         out["height"], out["width"] = self.image_size, self.image_size
         return out
 

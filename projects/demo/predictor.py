@@ -26,8 +26,6 @@ __all__ = [
 ]
 
 # ImageNet test pipeline of the released recipe, used when the config has no test mapper.
-DEFAULT_CLS_RESIZE = 256
-DEFAULT_CLS_CROP = 224
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -183,9 +181,9 @@ class Predictor:
         )
         self.class_names = class_names_for(cfg, self.task, _num_classes(cfg, self.task))
         self._augs = None
-        self._cls_transform = None
+        self._cls_mapper = None
         if self.task == "classification":
-            self._cls_transform = self._classification_transform()
+            self._cls_mapper = self._classification_mapper()
         else:
             self._augs = self._test_augmentations()
 
@@ -199,34 +197,28 @@ class Predictor:
             return T.AugmentationList([])
         return T.AugmentationList([instantiate(a) for a in augs])
 
-    def _classification_transform(self):
-        """The test mapper's PIL transform when it has one, else resize 256 + centre crop 224."""
+    def _classification_mapper(self):
+        """The config's test mapper when it can preprocess an image, else the released pipeline."""
         from detectron2.config import instantiate
-        from torchvision import transforms as TV
+
+        from plainmamba.data import ClassificationMapper
 
         mapper_cfg = _get(self.cfg, "dataloader.test.mapper")
         if mapper_cfg is not None:
             try:
                 mapper = instantiate(mapper_cfg)
-                transform = getattr(mapper, "transform", None)
-                if callable(transform):
-                    return transform
+                if callable(getattr(mapper, "image_tensor", None)):
+                    return mapper
             except Exception as err:  # noqa: BLE001 - fall back to the released pipeline
                 logger.warning(f"cannot use the config's test mapper ({err}); using the default")
-        return TV.Compose(
-            [
-                TV.Resize(DEFAULT_CLS_RESIZE, interpolation=TV.InterpolationMode.BICUBIC),
-                TV.CenterCrop(DEFAULT_CLS_CROP),
-            ]
-        )
+        return ClassificationMapper(is_train=False)  # short side 256 (bicubic), centre 224
 
     def model_input(self, image_rgb: np.ndarray) -> Dict[str, Any]:
         """The model's input dict for an HxWx3 uint8 RGB image."""
         if self.task == "classification":
             from PIL import Image
 
-            out = np.asarray(self._cls_transform(Image.fromarray(image_rgb)), dtype=np.uint8)
-            return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))}
+            return {"image": self._cls_mapper.image_tensor(Image.fromarray(image_rgb))}
         import detectron2.data.transforms as T
 
         height, width = image_rgb.shape[:2]
