@@ -80,7 +80,7 @@ def layer_inputs(batch: int, side: int, channels: int = 384, n_state: int = 16, 
     )
 
 
-def bench_kernel(impl: str, args) -> List[dict]:
+def bench_kernel(impl: str, args, backward: bool = True) -> List[dict]:
     from plainmamba.ops import zigzag_scan
 
     rows = []
@@ -92,22 +92,27 @@ def bench_kernel(impl: str, args) -> List[dict]:
         min_bytes = 2 * (2 * batch * length * channels + 2 * batch * length * n_state)
         min_bytes += 2 * batch * length * channels
         gbs = min_bytes / ms / 1e6
-        leaves = {k: v.detach().clone().requires_grad_() for k, v in inp.items() if k != "hw"}
-        gout = torch.randn(batch, length, channels, device="cuda", dtype=torch.bfloat16)
+        ms_fb = float("nan")
+        if backward:
+            leaves = {k: v.detach().clone().requires_grad_() for k, v in inp.items() if k != "hw"}
+            gout = torch.randn(batch, length, channels, device="cuda", dtype=torch.bfloat16)
 
-        def fwd_bwd():
-            y = zigzag_scan(**leaves, hw=inp["hw"], impl=impl)
-            y.backward(gout)
+            def fwd_bwd():
+                y = zigzag_scan(**leaves, hw=inp["hw"], impl=impl)
+                y.backward(gout)
 
-        ms_fb = cuda_ms(fwd_bwd, args.warmup, args.iters)
+            ms_fb = cuda_ms(fwd_bwd, args.warmup, args.iters)
         rows.append(
             dict(
                 part="kernel", impl=impl, batch=batch, grid=f"{side}x{side}", fwd_ms=ms,
                 fwd_gbs=gbs, fwd_frac_of_3350=gbs / PEAK_GBS, fwd_bwd_ms=ms_fb,
+                block=os.environ.get("PLAINMAMBA_TRITON_BLOCK"),
+                block_bwd=os.environ.get("PLAINMAMBA_TRITON_BLOCK_BWD"),
             )
         )  # fmt: skip
         print(
-            f"kernel {impl:6s} B={batch:3d} {side}x{side}: fwd {ms:8.3f} ms "
+            f"kernel {impl:6s} B={batch:3d} {side}x{side} block={rows[-1]['block']}/"
+            f"{rows[-1]['block_bwd']}: fwd {ms:8.3f} ms "
             f"({gbs:6.0f} GB/s, {100 * gbs / PEAK_GBS:4.1f}% of 3350)  fwd+bwd {ms_fb:8.3f} ms",
             flush=True,
         )
@@ -215,6 +220,32 @@ def bench_trunk(impl: str, args, mode: str, size: int = 1024) -> dict:
                 first_call_s=first)  # fmt: skip
 
 
+def pick_blocks(args, it, rows: List[dict], save, env: dict) -> None:
+    """Time the forward for each ``--blocks`` and forward + backward for each ``--bwd-blocks``;
+    keep the fastest of each (batch 128) in the environment for the model parts."""
+    best = {}
+    for key, env_name, blocks, backward in (
+        ("fwd_ms", "PLAINMAMBA_TRITON_BLOCK", args.blocks, False),
+        ("fwd_bwd_ms", "PLAINMAMBA_TRITON_BLOCK_BWD", args.bwd_blocks, True),
+    ):
+        for block in blocks or []:
+            os.environ[env_name] = str(block)
+            try:
+                got = bench_kernel("triton", it, backward=backward)
+            except Exception as exc:
+                print(f"FAILED kernel triton {env_name}={block}: {exc!r}", flush=True)
+                rows.append(dict(failed=f"kernel {env_name}={block}: {exc!r}"[:500]))
+                continue
+            rows.extend(got)
+            save()
+            if env_name not in best or got[0][key] < best[env_name][1]:
+                best[env_name] = (block, got[0][key])
+        if env_name in best:
+            os.environ[env_name] = str(best[env_name][0])
+            env[env_name] = best[env_name][0]
+            print(f"using {env_name}={best[env_name][0]}", flush=True)
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--impls", nargs="+", default=["triton"])
@@ -230,9 +261,13 @@ def main(argv: List[str] | None = None) -> int:
     )
     parser.add_argument(
         "--blocks", nargs="+", type=int, default=None,
-        help="Triton channels per program to compare in the kernel part; the fastest (forward +"
-        " backward at batch 128) is then used for the model parts",
+        help="Triton channels per program of the forward to compare in the kernel part; the"
+        " fastest at batch 128 is then used for the model parts",
     )  # fmt: skip
+    parser.add_argument(
+        "--bwd-blocks", nargs="+", type=int, default=None,
+        help="Triton channels per program of the backward to compare (forward + backward)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -273,31 +308,17 @@ def main(argv: List[str] | None = None) -> int:
         save()
 
     for impl in args.impls:
+        if impl == "none":  # only the DeiT-Tiny figures
+            continue
         slow = impl in ("mamba", "ref")
         it = argparse.Namespace(warmup=2 if slow else args.warmup,
                                 iters=args.slow_iters if slow else args.iters)  # fmt: skip
         if "kernel" in args.parts:
-            blocks = args.blocks if (impl == "triton" and args.blocks) else [None]
-            best = None
-            for block in blocks:
-                if block is not None:
-                    os.environ["PLAINMAMBA_TRITON_BLOCK"] = str(block)
-                try:
-                    got = bench_kernel(impl, it)
-                except Exception as exc:
-                    print(f"FAILED kernel {impl} block={block}: {exc!r}", flush=True)
-                    rows.append(dict(failed=f"kernel {impl} block={block}: {exc!r}"[:500]))
-                    continue
-                for row in got:
-                    row["block"] = block
-                rows.extend(got)
+            if impl == "triton" and (args.blocks or args.bwd_blocks):
+                pick_blocks(args, it, rows, save, env)
+            else:
+                rows.extend(bench_kernel(impl, it))
                 save()
-                if best is None or got[0]["fwd_bwd_ms"] < best[1]:
-                    best = (block, got[0]["fwd_bwd_ms"])
-            if best is not None and best[0] is not None:
-                os.environ["PLAINMAMBA_TRITON_BLOCK"] = str(best[0])
-                print(f"using PLAINMAMBA_TRITON_BLOCK={best[0]} for the model parts", flush=True)
-                env["triton_block"] = best[0]
         for mode in args.compile:
             if slow and mode != "none":
                 continue  # mamba-ssm's extension is opaque to torch.compile

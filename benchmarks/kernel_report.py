@@ -25,7 +25,7 @@ sys.path.insert(0, REPO)
 _HALF_INPUTS = ("u_ptr", "dl_ptr", "b_ptr", "c_ptr", "gy_ptr")
 
 
-def compile_report(fn, constexprs: dict, num_warps: int, tmp: str) -> dict:
+def compile_report(fn, constexprs: dict, num_warps: int, tmp: str, num_stages: int = 3) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -42,7 +42,7 @@ def compile_report(fn, constexprs: dict, num_warps: int, tmp: str) -> dict:
             sig[n] = "i32"
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps)
+        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
     )
     ptx, ttgir = kernel.asm["ptx"], kernel.asm["ttgir"]
     path = os.path.join(tmp, "k.ptx")
@@ -65,8 +65,9 @@ def compile_report(fn, constexprs: dict, num_warps: int, tmp: str) -> dict:
 
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--block", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--block", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--states", type=int, default=16)
+    parser.add_argument("--stages", type=int, default=3)
     args = parser.parse_args(argv)
 
     from plainmamba.ops import zigzag_scan_triton as zt
@@ -77,12 +78,13 @@ def main(argv: List[str] | None = None) -> int:
          dict(HAS_INIT=True, WRITE_Y=True, WRITE_STATE=False)),
         ("backward reverse", zt._zz_bwd_rev_kernel, dict(HAS_CARRY=False, MAIN=True)),
         ("backward forward", zt._zz_bwd_fwd_kernel, dict(HAS_INIT=False)),
+        ("chunk carry", zt._zz_carry_kernel, dict(REVERSE=True)),
     ]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for block in args.block:
             for name, fn, flags in kernels:
                 const = dict(NP=args.states, BE=block, **flags)
-                r = compile_report(fn, const, max(1, block // 32), tmp)
+                r = compile_report(fn, const, zt._num_warps(block), tmp, args.stages)
                 print(f"BE={block:3d} {name:17s} regs={r['registers']} spill={r['spill_bytes']}B "
                       f"shfl={r['shuffles']} bar={r['barriers']}")  # fmt: skip
                 for layout in r["layouts"]:

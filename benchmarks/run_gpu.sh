@@ -4,7 +4,9 @@
 # tests on the GPU, the benchmarks (eager, then torch.compile while the build finishes), the
 # agreement with mamba-ssm and the training curves; logs and JSON go to $OUT. Every stage has a
 # time limit so that the whole script ends before $DEADLINE seconds.
-#   DEADLINE=540 PACK_MAMBA=0 bash benchmarks/run_gpu.sh   (run tool: carry [".whl"])
+#   DEADLINE=540 STAGES="tests kernel eager graphs mamba deit curves" bash benchmarks/run_gpu.sh
+# (run tool: carry [".whl"]). Stages run in that order; leave some out to split the work
+# between calls.
 set -o pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 OUT=${OUT:-/tmp/out}
@@ -39,35 +41,56 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if ls .whl/mamba_so.part* >/dev/null 2>&1; then
   mkdir -p /tmp/mamba && cat .whl/mamba_so.part* | tar xJf - -C /tmp/mamba && stamp "carried build"
   BUILD_PID=
+  export PYTHONPATH=/tmp/mamba:$PYTHONPATH
 else
   (MAX_JOBS=12 TORCH_CUDA_ARCH_LIST=9.0 timeout 400 python3 benchmarks/build_mamba_ext.py \
     .whl/mamba_ssm-*.tar.gz /tmp/mamba >/tmp/build.log 2>&1; echo "build rc=$?" >>/tmp/build.log) &
   BUILD_PID=$!
 fi
 
-stamp "triton tests on the GPU"
-run 120 400 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py
-stamp "benchmarks: triton (eager) + DeiT-Tiny"
-run 100 300 python3 benchmarks/bench_gpu.py --impls triton --compile none --deit --blocks 16 32 \
-  --json "$OUT/bench_eager.json"
+has() { [[ " ${STAGES:-tests kernel eager graphs mamba deit curves} " == *" $1 "* ]]; }
+if has tests; then
+  stamp "triton tests on the GPU (with mamba-ssm agreement when its build was carried)"
+  run 150 60 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py
+fi
+if has kernel; then
+  stamp "kernel: forward and backward channel blocks"
+  run 150 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel --blocks 32 64 128 \
+    --bwd-blocks 32 64 --json "$OUT/bench.json"
+fi
+B="${BLOCKS:-}"  # e.g. "PLAINMAMBA_TRITON_BLOCK=64 PLAINMAMBA_TRITON_BLOCK_BWD=32"
+if has eager; then
+  stamp "L1 eager: triton"
+  run 90 30 env $B python3 benchmarks/bench_gpu.py --impls triton --parts infer train trunk \
+    --json "$OUT/bench.json"
+fi
+if has graphs; then
+  stamp "L1 torch.compile + CUDA graphs: triton"
+  run 300 20 env $B python3 benchmarks/bench_gpu.py --impls triton --parts infer train trunk \
+    --compile reduce-overhead --json "$OUT/bench.json"
+fi
 if [ -n "$BUILD_PID" ]; then
   stamp "waiting for the mamba-ssm build"
   wait "$BUILD_PID"
   tail -3 /tmp/build.log | tee -a "$LOG"
+  export PYTHONPATH=/tmp/mamba:$PYTHONPATH
   if [ "${PACK_MAMBA:-0}" = 1 ]; then  # back in pieces under 16 MB (carry as .whl/mamba_so.part*)
     (cd /tmp/mamba && tar cf - mamba_ssm selective_scan_cuda*.so | xz -T16 -6 >/tmp/m.tar.xz) &&
       split -b 15M /tmp/m.tar.xz "$OUT/mamba_so.part"
   fi
 fi
-export PYTHONPATH=/tmp/mamba:$PYTHONPATH
-stamp "Triton vs mamba-ssm: agreement, benchmarks"
-run 45 255 python3 -m pytest -q tests/test_zigzag_scan_triton.py -k mamba
-run 60 195 python3 benchmarks/bench_gpu.py --impls mamba --compile none \
-  --json "$OUT/bench_eager.json"
-stamp "training curves"
-run 130 60 python3 benchmarks/train_curve.py --impls triton mamba --iters 200 --batch 32 \
-  --json "$OUT/curves.json"
-stamp "benchmarks: triton, torch.compile"
-run 240 0 python3 benchmarks/bench_gpu.py --impls triton --parts infer train trunk \
-  --compile default --trunk-mode reduce-overhead --json "$OUT/bench_compile.json"
+if has mamba; then
+  stamp "mamba-ssm path: kernel and L1 eager"
+  run 120 20 python3 benchmarks/bench_gpu.py --impls mamba --json "$OUT/bench.json"
+fi
+if has deit; then
+  stamp "DeiT-Tiny: eager and CUDA graphs"
+  run 150 20 python3 benchmarks/bench_gpu.py --impls none --parts infer train --deit \
+    --compile none reduce-overhead --json "$OUT/bench.json"
+fi
+if has curves; then
+  stamp "training curves: triton vs mamba-ssm"
+  run 150 0 env $B python3 benchmarks/train_curve.py --impls triton mamba --iters 200 --batch 32 \
+    --json "$OUT/curves.json"
+fi
 stamp "done"

@@ -145,9 +145,18 @@ else:
         assert zt._chunk_for(128, 196, 384, "cuda:0") == 196
         chunk = zt._chunk_for(1, 4096, 384, "cuda:0")
         assert chunk % 8 == 0 and 32 <= chunk <= 256
-        table = zt.order_table(3, 4, torch.device("cpu"))
-        assert table.dtype == torch.int32 and tuple(table.shape) == (4, 12)
-        assert zt.order_table(3, 4, torch.device("cpu")) is table  # cached
+
+    @pytest.mark.parametrize("h,w", [(1, 1), (1, 6), (5, 1), (3, 4), (4, 3), (5, 7), (6, 6)])
+    def test_visit_order_matches_scan_orders(h, w):
+        """The kernels compute each scan's token and move by integer arithmetic (no cached
+        device tables, which CUDA graphs could not replay); they must equal SPEC 5's orders."""
+        from plainmamba.ops.scan_orders import scan_orders
+
+        orders, _, dirs = scan_orders(h, w, "cpu")
+        table = zt.order_table(h, w, torch.device(DEVICE)).cpu()
+        assert table.dtype == torch.int32 and tuple(table.shape) == (4, h * w)
+        assert torch.equal(table >> 3, orders.to(torch.int32))
+        assert torch.equal(table & 7, dirs.to(torch.int32))
 
     def test_compiles_without_graph_breaks(chunk):
         """The mixer with the Triton path compiles as one graph (opaque custom op, fake impls)."""
