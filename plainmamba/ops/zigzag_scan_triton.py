@@ -85,8 +85,19 @@ def _row(base, t, stride, offs, mask):
 
 
 @triton.jit
-def _fwd_dir(h, dA, dt, uk, bk_t, Cv, Dv, offs_n):
-    bkv = tl.load(bk_t + offs_n)
+def _vec(base, t, stride, offs_n):
+    # A step's row of B or C (NP states; padded on the host when N is not a power of two).
+    return tl.load(base + t * stride + offs_n).to(tl.float32)
+
+
+@triton.jit
+def _bk(Bc, p_ptr, code, offs_n, NP: tl.constexpr):
+    # B_t plus the offset of the move that arrived: the (5, NP) table stays in L1.
+    return Bc + tl.load(p_ptr + (code & 7) * NP + offs_n)
+
+
+@triton.jit
+def _fwd_dir(h, dA, dt, uk, bkv, Cv, Dv):
     h = dA * h + bkv[None, :] * (dt * uk)[:, None]
     return h, tl.sum(h * Cv[None, :], axis=1) + Dv * uk
 
@@ -103,9 +114,9 @@ def _add_rows(out_b, E, offs_e, me, k1, v1, k2, v2, k3, v3, k4, v4):
 
 @triton.jit
 def _zz_fwd_kernel(
-    u_ptr, dl_ptr, bk_ptr, c_ptr, a_ptr, d_ptr, bias_ptr, od_ptr,
+    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, d_ptr, bias_ptr, od_ptr,
     y_ptr, hin_ptr, hend_ptr, dsum_ptr,
-    su_b, su_l, sd_b, sd_l,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l,
     L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_STATE: tl.constexpr,
@@ -128,8 +139,8 @@ def _zz_fwd_kernel(
     Dv = tl.load(d_ptr + offs_e, mask=me, other=0.0)
     u_b = u_ptr + pb * su_b
     dl_b = dl_ptr + pb * sd_b
-    bk_b = bk_ptr + pb * 4 * L * NP
-    c_b = c_ptr + pb * L * NP
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
     y_b = y_ptr + pb * L * E
     slab = NP * E
     if HAS_INIT:
@@ -146,48 +157,52 @@ def _zz_fwd_kernel(
         h4 = tl.zeros((BE, NP), tl.float32)
     dsum = tl.zeros((BE,), tl.float32)
 
-    # Software pipelining by hand: visited tokens two steps ahead, channel rows one step ahead.
-    k1 = tl.load(od_ptr + t0) >> 3
-    k2 = tl.load(od_ptr + L + t0) >> 3
-    k3 = tl.load(od_ptr + 2 * L + t0) >> 3
-    k4 = tl.load(od_ptr + 3 * L + t0) >> 3
+    # Software pipelining by hand: scan codes two steps ahead, rows one step ahead.
+    k1 = tl.load(od_ptr + t0)
+    k2 = tl.load(od_ptr + L + t0)
+    k3 = tl.load(od_ptr + 2 * L + t0)
+    k4 = tl.load(od_ptr + 3 * L + t0)
     tq = tl.minimum(t0 + 1, t1 - 1)
-    q1 = tl.load(od_ptr + tq) >> 3
-    q2 = tl.load(od_ptr + L + tq) >> 3
-    q3 = tl.load(od_ptr + 2 * L + tq) >> 3
-    q4 = tl.load(od_ptr + 3 * L + tq) >> 3
+    q1 = tl.load(od_ptr + tq)
+    q2 = tl.load(od_ptr + L + tq)
+    q3 = tl.load(od_ptr + 2 * L + tq)
+    q4 = tl.load(od_ptr + 3 * L + tq)
     x = _row(dl_b, t0, sd_l, offs_e, me)
-    u1 = _row(u_b, k1, su_l, offs_e, me)
-    u2 = _row(u_b, k2, su_l, offs_e, me)
-    u3 = _row(u_b, k3, su_l, offs_e, me)
-    u4 = _row(u_b, k4, su_l, offs_e, me)
+    Bc = _vec(b_b, t0, sb_l, offs_n)
+    Cc = _vec(c_b, t0, sc_l, offs_n)
+    u1 = _row(u_b, k1 >> 3, su_l, offs_e, me)
+    u2 = _row(u_b, k2 >> 3, su_l, offs_e, me)
+    u3 = _row(u_b, k3 >> 3, su_l, offs_e, me)
+    u4 = _row(u_b, k4 >> 3, su_l, offs_e, me)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
-        u1_n = _row(u_b, q1, su_l, offs_e, me)
-        u2_n = _row(u_b, q2, su_l, offs_e, me)
-        u3_n = _row(u_b, q3, su_l, offs_e, me)
-        u4_n = _row(u_b, q4, su_l, offs_e, me)
-        r1 = tl.load(od_ptr + tnn) >> 3
-        r2 = tl.load(od_ptr + L + tnn) >> 3
-        r3 = tl.load(od_ptr + 2 * L + tnn) >> 3
-        r4 = tl.load(od_ptr + 3 * L + tnn) >> 3
+        B_n = _vec(b_b, tn, sb_l, offs_n)
+        C_n = _vec(c_b, tn, sc_l, offs_n)
+        u1_n = _row(u_b, q1 >> 3, su_l, offs_e, me)
+        u2_n = _row(u_b, q2 >> 3, su_l, offs_e, me)
+        u3_n = _row(u_b, q3 >> 3, su_l, offs_e, me)
+        u4_n = _row(u_b, q4 >> 3, su_l, offs_e, me)
+        r1 = tl.load(od_ptr + tnn)
+        r2 = tl.load(od_ptr + L + tnn)
+        r3 = tl.load(od_ptr + 2 * L + tnn)
+        r4 = tl.load(od_ptr + 3 * L + tnn)
 
         dt = _softplus(x + bias)
         dA = tl.exp2(dt[:, None] * A2)
-        Cv = tl.load(c_b + t * NP + offs_n).to(tl.float32)
-        bk_t = bk_b + t * NP
-        h1, y1 = _fwd_dir(h1, dA, dt, u1, bk_t, Cv, Dv, offs_n)
-        h2, y2 = _fwd_dir(h2, dA, dt, u2, bk_t + L * NP, Cv, Dv, offs_n)
-        h3, y3 = _fwd_dir(h3, dA, dt, u3, bk_t + 2 * L * NP, Cv, Dv, offs_n)
-        h4, y4 = _fwd_dir(h4, dA, dt, u4, bk_t + 3 * L * NP, Cv, Dv, offs_n)
+        h1, y1 = _fwd_dir(h1, dA, dt, u1, _bk(Bc, p_ptr, k1, offs_n, NP), Cc, Dv)
+        h2, y2 = _fwd_dir(h2, dA, dt, u2, _bk(Bc, p_ptr, k2, offs_n, NP), Cc, Dv)
+        h3, y3 = _fwd_dir(h3, dA, dt, u3, _bk(Bc, p_ptr, k3, offs_n, NP), Cc, Dv)
+        h4, y4 = _fwd_dir(h4, dA, dt, u4, _bk(Bc, p_ptr, k4, offs_n, NP), Cc, Dv)
         if WRITE_Y:
-            _add_rows(y_b, E, offs_e, me, k1, y1, k2, y2, k3, y3, k4, y4)
+            _add_rows(y_b, E, offs_e, me, k1 >> 3, y1, k2 >> 3, y2, k3 >> 3, y3, k4 >> 3, y4)
         if WRITE_STATE:
             dsum += dt
 
         x = x_n
+        Bc = B_n
+        Cc = C_n
         u1 = u1_n
         u2 = u2_n
         u3 = u3_n
@@ -261,14 +276,13 @@ def _zz_carry_kernel(a_ptr, src_ptr, dsum_ptr, dst_ptr, later_ptr, E, NCH,
 
 
 @triton.jit
-def _rev_dir(r, a, gk, uk, code, dt, sdt, A2, bk_t, Cv, offs_n, psi, Usum, gam, dA_acc, acc1,
-             acc2, acc3, MAIN: tl.constexpr):  # fmt: skip
+def _rev_dir(r, a, gk, uk, code, dt, sdt, A2, Bc, p_ptr, Cv, offs_n, psi, Usum, gam, dA_acc,
+             acc1, acc2, acc3, NP: tl.constexpr, MAIN: tl.constexpr):  # fmt: skip
     # r holds a_{t+1} * r_{t+1} on entry (the decay was applied at the end of the later step).
     r = r + Cv[None, :] * gk[:, None]
     du = gk  # du (dt * dv) is returned and added to its token after the step's loads
     if MAIN:
-        bkv = tl.load(bk_t + offs_n)
-        rb = r * bkv[None, :]
+        rb = r * _bk(Bc, p_ptr, code, offs_n, NP)[None, :]
         dv = tl.sum(rb, axis=1)
         du = dt * dv
         gam += uk * dv
@@ -290,10 +304,10 @@ def _rev_dir(r, a, gk, uk, code, dt, sdt, A2, bk_t, Cv, offs_n, psi, Usum, gam, 
 
 @triton.jit
 def _zz_bwd_rev_kernel(
-    u_ptr, dl_ptr, bk_ptr, c_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
+    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
     rho_ptr, later_ptr,
     du_ptr, gam_ptr, w_ptr, dbp_ptr, dap_ptr, dirp_ptr, sst_ptr, plocal_ptr, dsum_ptr,
-    su_b, su_l, sd_b, sd_l, sg_b, sg_l,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l,
     BATCH, L, E, T, NCH, NEB,
     NP: tl.constexpr, BE: tl.constexpr, HAS_CARRY: tl.constexpr, MAIN: tl.constexpr,
 ):  # fmt: skip
@@ -318,8 +332,8 @@ def _zz_bwd_rev_kernel(
     u_b = u_ptr + pb * su_b
     g_b = gy_ptr + pb * sg_b
     dl_b = dl_ptr + pb * sd_b
-    bk_b = bk_ptr + pb * 4 * L * NP
-    c_b = c_ptr + pb * L * NP
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
     du_b = du_ptr + pb * L * E
     if HAS_CARRY:
         rb_ = rho_ptr + (pb * (NCH - 1) + pc) * 4 * slab + st
@@ -391,24 +405,24 @@ def _zz_bwd_rev_kernel(
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
-        Cv = tl.load(c_b + t * NP + offs_n).to(tl.float32)
-        bk_t = bk_b + t * NP
+        Cv = _vec(c_b, t, sc_l, offs_n)
+        Bc = _vec(b_b, t, sb_l, offs_n)
         sdt = s_after * dt
         psi = tl.zeros((BE,), tl.float32)
         Usum = tl.zeros((BE, NP), tl.float32)
         gam = tl.zeros((BE,), tl.float32)
         r1, du1, psi, Usum, gam, dA_acc, acc1, acc2, acc3 = _rev_dir(
-            r1, a, g1, u1, k1, dt, sdt, A2, bk_t, Cv, offs_n, psi, Usum, gam, dA_acc,
-            acc1, acc2, acc3, MAIN)  # fmt: skip
+            r1, a, g1, u1, k1, dt, sdt, A2, Bc, p_ptr, Cv, offs_n, psi, Usum, gam, dA_acc,
+            acc1, acc2, acc3, NP, MAIN)  # fmt: skip
         r2, du2, psi, Usum, gam, dA_acc, acc1, acc2, acc3 = _rev_dir(
-            r2, a, g2, u2, k2, dt, sdt, A2, bk_t + L * NP, Cv, offs_n, psi, Usum, gam, dA_acc,
-            acc1, acc2, acc3, MAIN)  # fmt: skip
+            r2, a, g2, u2, k2, dt, sdt, A2, Bc, p_ptr, Cv, offs_n, psi, Usum, gam, dA_acc,
+            acc1, acc2, acc3, NP, MAIN)  # fmt: skip
         r3, du3, psi, Usum, gam, dA_acc, acc1, acc2, acc3 = _rev_dir(
-            r3, a, g3, u3, k3, dt, sdt, A2, bk_t + 2 * L * NP, Cv, offs_n, psi, Usum, gam, dA_acc,
-            acc1, acc2, acc3, MAIN)  # fmt: skip
+            r3, a, g3, u3, k3, dt, sdt, A2, Bc, p_ptr, Cv, offs_n, psi, Usum, gam, dA_acc,
+            acc1, acc2, acc3, NP, MAIN)  # fmt: skip
         r4, du4, psi, Usum, gam, dA_acc, acc1, acc2, acc3 = _rev_dir(
-            r4, a, g4, u4, k4, dt, sdt, A2, bk_t + 3 * L * NP, Cv, offs_n, psi, Usum, gam, dA_acc,
-            acc1, acc2, acc3, MAIN)  # fmt: skip
+            r4, a, g4, u4, k4, dt, sdt, A2, Bc, p_ptr, Cv, offs_n, psi, Usum, gam, dA_acc,
+            acc1, acc2, acc3, NP, MAIN)  # fmt: skip
         if MAIN:
             _add_rows(du_b, E, offs_e, me, k1 >> 3, du1, k2 >> 3, du2, k3 >> 3, du3, k4 >> 3, du4)
             row = (pb * L + t) * E + offs_e
@@ -452,8 +466,7 @@ def _zz_bwd_rev_kernel(
 
 
 @triton.jit
-def _fb_dir(h, a, dt, uk, gk, bk_t, offs_n, G):
-    bkv = tl.load(bk_t + offs_n)
+def _fb_dir(h, a, dt, uk, gk, bkv, G):
     h = a * h + bkv[None, :] * (dt * uk)[:, None]
     G += gk[:, None] * h
     return h, G
@@ -461,9 +474,9 @@ def _fb_dir(h, a, dt, uk, gk, bk_t, offs_n, G):
 
 @triton.jit
 def _zz_bwd_fwd_kernel(
-    u_ptr, dl_ptr, bk_ptr, c_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
+    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
     hin_ptr, sst_ptr, w_ptr, dcp_ptr, dap_ptr,
-    su_b, su_l, sd_b, sd_l, sg_b, sg_l,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l,
     BATCH, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr, HAS_INIT: tl.constexpr,
 ):  # fmt: skip
@@ -484,8 +497,8 @@ def _zz_bwd_fwd_kernel(
     u_b = u_ptr + pb * su_b
     g_b = gy_ptr + pb * sg_b
     dl_b = dl_ptr + pb * sd_b
-    bk_b = bk_ptr + pb * 4 * L * NP
-    c_b = c_ptr + pb * L * NP
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
     if HAS_INIT:
         hb = hin_ptr + (pb * (NCH - 1) + pc - 1) * 4 * slab + st
         mi = m2 & (pc > 0)
@@ -501,52 +514,52 @@ def _zz_bwd_fwd_kernel(
     run = tl.load(sst_ptr + (pb * NCH + pc) * E + offs_e, mask=me, other=0.0)
     dA_acc = tl.zeros((BE, NP), tl.float32)
 
-    k1 = tl.load(od_ptr + t0) >> 3
-    k2 = tl.load(od_ptr + L + t0) >> 3
-    k3 = tl.load(od_ptr + 2 * L + t0) >> 3
-    k4 = tl.load(od_ptr + 3 * L + t0) >> 3
+    k1 = tl.load(od_ptr + t0)
+    k2 = tl.load(od_ptr + L + t0)
+    k3 = tl.load(od_ptr + 2 * L + t0)
+    k4 = tl.load(od_ptr + 3 * L + t0)
     tq = tl.minimum(t0 + 1, t1 - 1)
-    q1 = tl.load(od_ptr + tq) >> 3
-    q2 = tl.load(od_ptr + L + tq) >> 3
-    q3 = tl.load(od_ptr + 2 * L + tq) >> 3
-    q4 = tl.load(od_ptr + 3 * L + tq) >> 3
+    q1 = tl.load(od_ptr + tq)
+    q2 = tl.load(od_ptr + L + tq)
+    q3 = tl.load(od_ptr + 2 * L + tq)
+    q4 = tl.load(od_ptr + 3 * L + tq)
     x = _row(dl_b, t0, sd_l, offs_e, me)
-    u1 = _row(u_b, k1, su_l, offs_e, me)
-    u2 = _row(u_b, k2, su_l, offs_e, me)
-    u3 = _row(u_b, k3, su_l, offs_e, me)
-    u4 = _row(u_b, k4, su_l, offs_e, me)
-    g1 = _row(g_b, k1, sg_l, offs_e, me)
-    g2 = _row(g_b, k2, sg_l, offs_e, me)
-    g3 = _row(g_b, k3, sg_l, offs_e, me)
-    g4 = _row(g_b, k4, sg_l, offs_e, me)
+    u1 = _row(u_b, k1 >> 3, su_l, offs_e, me)
+    u2 = _row(u_b, k2 >> 3, su_l, offs_e, me)
+    u3 = _row(u_b, k3 >> 3, su_l, offs_e, me)
+    u4 = _row(u_b, k4 >> 3, su_l, offs_e, me)
+    g1 = _row(g_b, k1 >> 3, sg_l, offs_e, me)
+    g2 = _row(g_b, k2 >> 3, sg_l, offs_e, me)
+    g3 = _row(g_b, k3 >> 3, sg_l, offs_e, me)
+    g4 = _row(g_b, k4 >> 3, sg_l, offs_e, me)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
-        u1_n = _row(u_b, q1, su_l, offs_e, me)
-        u2_n = _row(u_b, q2, su_l, offs_e, me)
-        u3_n = _row(u_b, q3, su_l, offs_e, me)
-        u4_n = _row(u_b, q4, su_l, offs_e, me)
-        g1_n = _row(g_b, q1, sg_l, offs_e, me)
-        g2_n = _row(g_b, q2, sg_l, offs_e, me)
-        g3_n = _row(g_b, q3, sg_l, offs_e, me)
-        g4_n = _row(g_b, q4, sg_l, offs_e, me)
-        p1 = tl.load(od_ptr + tnn) >> 3
-        p2 = tl.load(od_ptr + L + tnn) >> 3
-        p3 = tl.load(od_ptr + 2 * L + tnn) >> 3
-        p4 = tl.load(od_ptr + 3 * L + tnn) >> 3
+        u1_n = _row(u_b, q1 >> 3, su_l, offs_e, me)
+        u2_n = _row(u_b, q2 >> 3, su_l, offs_e, me)
+        u3_n = _row(u_b, q3 >> 3, su_l, offs_e, me)
+        u4_n = _row(u_b, q4 >> 3, su_l, offs_e, me)
+        g1_n = _row(g_b, q1 >> 3, sg_l, offs_e, me)
+        g2_n = _row(g_b, q2 >> 3, sg_l, offs_e, me)
+        g3_n = _row(g_b, q3 >> 3, sg_l, offs_e, me)
+        g4_n = _row(g_b, q4 >> 3, sg_l, offs_e, me)
+        p1 = tl.load(od_ptr + tnn)
+        p2 = tl.load(od_ptr + L + tnn)
+        p3 = tl.load(od_ptr + 2 * L + tnn)
+        p4 = tl.load(od_ptr + 3 * L + tnn)
         row = (pb * L + t) * E + offs_e
         w_old = tl.load(w_ptr + row, mask=me, other=0.0)
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
-        Cv = tl.load(c_b + t * NP + offs_n).to(tl.float32)
-        bk_t = bk_b + t * NP
+        Cv = _vec(c_b, t, sc_l, offs_n)
+        Bc = _vec(b_b, t, sb_l, offs_n)
         G = tl.zeros((BE, NP), tl.float32)
-        h1, G = _fb_dir(h1, a, dt, u1, g1, bk_t, offs_n, G)
-        h2, G = _fb_dir(h2, a, dt, u2, g2, bk_t + L * NP, offs_n, G)
-        h3, G = _fb_dir(h3, a, dt, u3, g3, bk_t + 2 * L * NP, offs_n, G)
-        h4, G = _fb_dir(h4, a, dt, u4, g4, bk_t + 3 * L * NP, offs_n, G)
+        h1, G = _fb_dir(h1, a, dt, u1, g1, _bk(Bc, p_ptr, k1, offs_n, NP), G)
+        h2, G = _fb_dir(h2, a, dt, u2, g2, _bk(Bc, p_ptr, k2, offs_n, NP), G)
+        h3, G = _fb_dir(h3, a, dt, u3, g3, _bk(Bc, p_ptr, k3, offs_n, NP), G)
+        h4, G = _fb_dir(h4, a, dt, u4, g4, _bk(Bc, p_ptr, k4, offs_n, NP), G)
         run -= dt  # now the sum of delta after step t
         CG = Cv[None, :] * G
         tl.store(w_ptr + row, w_old - tl.sum(A2 * CG, axis=1) * LN2, mask=me)
@@ -603,66 +616,38 @@ def _visit(t, K: tl.constexpr, H, W, L):
 
 
 @triton.jit
-def _prep_dir(b_rows, p_ptr, bk_b, od_ptr, t, mt, offs_n, mn, K: tl.constexpr, H, W, L, N,
-              NP: tl.constexpr, WRITE_TABLE):  # fmt: skip
-    tok, code = _visit(t, K, H, W, L)
-    m2 = mt[:, None] & mn[None, :]
-    pk = tl.load(p_ptr + code[:, None] * N + offs_n[None, :], mask=m2, other=0.0)
-    tl.store(bk_b + ((K - 1) * L + t[:, None]) * NP + offs_n[None, :], b_rows + pk,
-             mask=mt[:, None])  # fmt: skip
-    if WRITE_TABLE:
-        tl.store(od_ptr + (K - 1) * L + t, (tok << 3) | code, mask=mt)
-
-
-@triton.jit
-def _zz_prep_kernel(b_ptr, p_ptr, bk_ptr, od_ptr, sb_b, sb_l, H, W, L, N,
-                    NP: tl.constexpr, BT: tl.constexpr):  # fmt: skip
-    """Per scan and step: ``B_t`` plus the direction offset of the move that arrived (float32,
-    padded to NP states), and (batch element 0) the packed ``token << 3 | code`` table."""
-    pt = tl.program_id(0)
-    pb = tl.program_id(1).to(tl.int64)
-    t = pt * BT + tl.arange(0, BT)
+def _zz_table_kernel(od_ptr, H, W, L, BT: tl.constexpr):
+    """The packed ``token << 3 | code`` table of the four scans, (4, L) int32."""
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
     mt = t < L
-    offs_n = tl.arange(0, NP)
-    mn = offs_n < N
-    b_rows = tl.load(b_ptr + pb * sb_b + t[:, None] * sb_l + offs_n[None, :],
-                     mask=mt[:, None] & mn[None, :], other=0.0).to(tl.float32)  # fmt: skip
-    bk_b = bk_ptr + pb * 4 * L * NP
-    first = pb == 0
-    _prep_dir(b_rows, p_ptr, bk_b, od_ptr, t, mt, offs_n, mn, 1, H, W, L, N, NP, first)
-    _prep_dir(b_rows, p_ptr, bk_b, od_ptr, t, mt, offs_n, mn, 2, H, W, L, N, NP, first)
-    _prep_dir(b_rows, p_ptr, bk_b, od_ptr, t, mt, offs_n, mn, 3, H, W, L, N, NP, first)
-    _prep_dir(b_rows, p_ptr, bk_b, od_ptr, t, mt, offs_n, mn, 4, H, W, L, N, NP, first)
+    tok, code = _visit(t, 1, H, W, L)
+    tl.store(od_ptr + t, (tok << 3) | code, mask=mt)
+    tok, code = _visit(t, 2, H, W, L)
+    tl.store(od_ptr + L + t, (tok << 3) | code, mask=mt)
+    tok, code = _visit(t, 3, H, W, L)
+    tl.store(od_ptr + 2 * L + t, (tok << 3) | code, mask=mt)
+    tok, code = _visit(t, 4, H, W, L)
+    tl.store(od_ptr + 3 * L + t, (tok << 3) | code, mask=mt)
 
 
 # --------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------
 
-_PREP_STEPS = 32  # steps per program of the prep kernel
-
-
-def _prepare(B: Tensor, direction_Bs: Tensor, h: int, w: int, n_pad: int) -> Tuple[Tensor, Tensor]:
-    """``(Bk, table)``: the per-scan ``B_t`` plus direction offset, (batch, 4, L, n_pad) float32,
-    and the (4, L) int32 ``token << 3 | code`` table, made on the device at every call.
-
-    Nothing is cached on the device, so a call captured in a CUDA graph leaves no allocation
-    alive outside the graph's outputs.
-    """
-    batch, length, n_state = B.shape
-    Bk = torch.empty((batch, 4, length, n_pad), device=B.device, dtype=torch.float32)
-    table = torch.empty((4, length), device=B.device, dtype=torch.int32)
-    _launch(_zz_prep_kernel, (triton.cdiv(length, _PREP_STEPS), batch),
-        B, direction_Bs, Bk, table, B.stride(0), B.stride(1), h, w, length, n_state,
-        NP=n_pad, BT=_PREP_STEPS,
-    )  # fmt: skip
-    return Bk, table
+_TABLE_STEPS = 256  # steps per program of the table kernel
 
 
 def order_table(h: int, w: int, device: torch.device) -> Tensor:
-    """(4, h*w) int32: ``order << 3 | direction`` per scan and step, as the kernels compute it."""
-    B = torch.zeros((1, int(h) * int(w), 1), device=device)
-    return _prepare(B, torch.zeros((5, 1), device=device), int(h), int(w), 1)[1]
+    """(4, h*w) int32: ``token << 3 | code`` per scan and step (SPEC 5), made on the device.
+
+    It is made at every call rather than cached: a device tensor cached while torch.compile's
+    CUDA graphs record would live in their memory pool, which they refuse to replay.
+    """
+    length = int(h) * int(w)
+    table = torch.empty((4, length), device=device, dtype=torch.int32)
+    _launch(_zz_table_kernel, (triton.cdiv(length, _TABLE_STEPS),), table, int(h), int(w), length,
+            BT=_TABLE_STEPS)  # fmt: skip
+    return table
 
 
 _SMS: dict = {}
@@ -732,12 +717,38 @@ _STATS_ENV = "PLAINMAMBA_TRITON_STATS"
 def _launch(kernel, grid, *args, **kwargs):
     compiled = kernel[grid](*args, **kwargs)
     if os.environ.get(_STATS_ENV) and compiled is not None and hasattr(compiled, "n_regs"):
-        flags = ",".join(f"{k}={int(v)}" for k, v in kwargs.items() if k.isupper())
+        flags = ",".join(
+            f"{k}={int(v)}" for k, v in kwargs.items() if k.isupper() or k == "maxnreg"
+        )
         name = getattr(kernel, "__name__", None) or getattr(kernel.fn, "__name__", "kernel")
         KERNEL_STATS[f"{name}[{flags}]"] = {
             "regs": int(compiled.n_regs), "spills": int(compiled.n_spills),
         }  # fmt: skip
     return compiled
+
+
+MAXNREG_ENV = "PLAINMAMBA_TRITON_MAXNREG"
+# Register caps per kernel (0: the compiler's choice, up to 255). ptxas takes all 255 registers
+# for the forward when allowed, which halves the warps a multiprocessor can hold; at 160 it
+# needs no spills (benchmarks/kernel_report.py) and 12 warps fit.
+_MAXNREG = {"fwd": 160, "rev": 0, "bf": 0}
+
+
+def max_registers(kernel: str) -> int:
+    """The register cap of ``kernel`` (fwd, rev, bf): ``$PLAINMAMBA_TRITON_MAXNREG`` as
+    ``fwd:160,rev:0`` overrides the defaults; 0 leaves it to the compiler."""
+    caps = dict(_MAXNREG)
+    for item in filter(None, os.environ.get(MAXNREG_ENV, "").split(",")):
+        name, _, value = item.partition(":")
+        if name not in caps or not value.isdigit():
+            raise ValueError(f"${MAXNREG_ENV}: expected items like fwd:160, got {item!r}")
+        caps[name] = int(value)
+    return caps[kernel]
+
+
+def _regs(kernel: str) -> dict:
+    cap = max_registers(kernel)
+    return {"maxnreg": cap} if cap and not INTERPRETED else {}
 
 
 def _num_warps(block: int) -> int:
@@ -752,41 +763,43 @@ def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _state_params(A: Tensor, C: Tensor, n_pad: int) -> Tuple[Tensor, Tensor]:
-    """``A * log2(e)`` as (n_pad, E) and C as (batch, L, n_pad), zero-padded past N states.
+def _state_params(A: Tensor, B: Tensor, C: Tensor, direction_Bs: Tensor, n_pad: int):
+    """``A * log2(e)`` as (n_pad, E); B, C and the direction offsets with n_pad states.
 
-    Padded states have A = 0 and B = C = 0, so they stay zero and add nothing.
+    States past N are zero-padded (only when N is not a power of two): with A = 0 and
+    B = C = 0 they stay zero and add nothing. B and C stay views (x_proj's output) otherwise.
     """
     n_state = A.shape[1]
     a2 = (A.float() * LOG2E).t()
     if n_pad != n_state:
-        a2 = F.pad(a2, (0, 0, 0, n_pad - n_state))
-        C = F.pad(C, (0, n_pad - n_state))
-    return a2.contiguous(), C.contiguous()
+        extra = n_pad - n_state
+        a2 = F.pad(a2, (0, 0, 0, extra))
+        B, C, direction_Bs = (F.pad(t, (0, extra)) for t in (B, C, direction_Bs))
+    return a2.contiguous(), _unit_last(B), _unit_last(C), direction_Bs.float().contiguous()
 
 
 def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     u, delta = _unit_last(u), _unit_last(delta)
     batch, length, channels = u.shape
     np_ = triton.next_power_of_2(A.shape[1])
-    a2, Cp = _state_params(A, C, np_)
-    Bk, od = _prepare(_unit_last(B), direction_Bs, h, w, np_)
+    a2, B, C, P = _state_params(A, B, C, direction_Bs, np_)
+    od = order_table(h, w, u.device)
     block = block_channels()
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
     f32 = torch.float32
     y = torch.zeros((batch, length, channels), device=u.device, dtype=f32)
     hin = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=u.device, dtype=f32)
-    strides = (*_row_strides(u), *_row_strides(delta))
+    strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(B), *_row_strides(C))
     warps = _num_warps(block)
     grid = (n_e, n_chunks, batch)
     if n_chunks > 1:
         hend = torch.empty((batch, n_chunks, 4, np_, channels), device=u.device, dtype=f32)
         dsum = torch.empty((batch, n_chunks, channels), device=u.device, dtype=f32)
         _launch(_zz_fwd_kernel, grid,
-            u, delta, Bk, Cp, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
+            u, delta, B, C, P, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
             length, channels, chunk, n_chunks, NP=np_, BE=block,
-            HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, num_warps=warps,
+            HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, num_warps=warps, **_regs("fwd"),
         )  # fmt: skip
         _launch(_zz_carry_kernel, (n_e, batch),
             a2, hend, dsum, hin, dsum, channels, n_chunks, NP=np_, BE=block, REVERSE=False,
@@ -794,9 +807,9 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         )  # fmt: skip
     # An empty tensor may have a null pointer, which Triton's launcher refuses: pass y instead.
     _launch(_zz_fwd_kernel, grid,
-        u, delta, Bk, Cp, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
+        u, delta, B, C, P, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
         length, channels, chunk, n_chunks, NP=np_, BE=block,
-        HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, num_warps=warps,
+        HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, num_warps=warps, **_regs("fwd"),
     )  # fmt: skip
     return y, hin
 
@@ -805,8 +818,8 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     u, delta, gy = (_unit_last(t) for t in (u, delta, gy))
     batch, length, channels = u.shape
     np_ = triton.next_power_of_2(A.shape[1])
-    a2, Cp = _state_params(A, C, np_)
-    Bk, od = _prepare(_unit_last(B), direction_Bs, h, w, np_)
+    a2, Bp, Cp, P = _state_params(A, B, C, direction_Bs, np_)
+    od = order_table(h, w, u.device)
     block = block_channels(backward=True)
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
@@ -819,7 +832,10 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     dap = torch.empty((batch, n_chunks, np_, channels), device=dev, dtype=f32)
     dirp = torch.empty((batch, n_chunks, n_e, 3, np_), device=dev, dtype=f32)
     sst = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
-    strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(gy))
+    strides = (
+        *_row_strides(u), *_row_strides(delta), *_row_strides(Bp), *_row_strides(Cp),
+        *_row_strides(gy),
+    )  # fmt: skip
     warps = _num_warps(block)
     grid = (n_e, n_chunks, batch)
     rho, later = du, du  # placeholders when there is a single chunk
@@ -827,10 +843,10 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         plocal = torch.empty((batch, n_chunks, 4, np_, channels), device=dev, dtype=f32)
         dsum = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
         _launch(_zz_bwd_rev_kernel, grid,
-            u, delta, Bk, Cp, a2, delta_bias, od, gy, du, du,
+            u, delta, Bp, Cp, P, a2, delta_bias, od, gy, du, du,
             du, gam, wbuf, dbp, dap, dirp, sst, plocal, dsum, *strides,
             batch, length, channels, chunk, n_chunks, n_e,
-            NP=np_, BE=block, HAS_CARRY=False, MAIN=False, num_warps=warps,
+            NP=np_, BE=block, HAS_CARRY=False, MAIN=False, num_warps=warps, **_regs("rev"),
         )  # fmt: skip
         rho = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=dev, dtype=f32)
         later = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
@@ -839,16 +855,16 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
             num_warps=warps,
         )  # fmt: skip
     _launch(_zz_bwd_rev_kernel, grid,
-        u, delta, Bk, Cp, a2, delta_bias, od, gy, rho, later,
+        u, delta, Bp, Cp, P, a2, delta_bias, od, gy, rho, later,
         du, gam, wbuf, dbp, dap, dirp, sst, du, du, *strides,
         batch, length, channels, chunk, n_chunks, n_e,
-        NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, num_warps=warps,
+        NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, num_warps=warps, **_regs("rev"),
     )  # fmt: skip
     _launch(_zz_bwd_fwd_kernel, grid,
-        u, delta, Bk, Cp, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
+        u, delta, Bp, Cp, P, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
         wbuf, dcp, dap, *strides,
         batch, length, channels, chunk, n_chunks,
-        NP=np_, BE=block, HAS_INIT=n_chunks > 1, num_warps=warps,
+        NP=np_, BE=block, HAS_INIT=n_chunks > 1, num_warps=warps, **_regs("bf"),
     )  # fmt: skip
     return du, gam, wbuf, dbp, dcp, dap, dirp
 
