@@ -54,11 +54,11 @@ if has tests; then
   run 150 60 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py
 fi
 if has kernel; then
-  stamp "kernel: channel blocks and register caps"
+  stamp "kernel: channel blocks; per-scan stores against atomics"
   run 100 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel --blocks 32 64 \
     --bwd-blocks 32 64 --json "$OUT/bench.json"
-  run 60 60 env PLAINMAMBA_TRITON_MAXNREG=fwd:0,bf:208 python3 benchmarks/bench_gpu.py \
-    --impls triton --parts kernel --blocks 64 --bwd-blocks 32 --json "$OUT/bench.json"
+  run 60 60 env PLAINMAMBA_TRITON_SCATTER=atomic python3 benchmarks/bench_gpu.py \
+    --impls triton --parts kernel --blocks 32 --bwd-blocks 32 --json "$OUT/bench.json"
 fi
 B="${BLOCKS:-}"  # e.g. "PLAINMAMBA_TRITON_BLOCK=64 PLAINMAMBA_TRITON_BLOCK_BWD=32"
 if has eager; then

@@ -103,13 +103,22 @@ def _fwd_dir(h, dA, dt, uk, bkv, Cv, Dv):
 
 
 @triton.jit
-def _add_rows(out_b, E, offs_e, me, k1, v1, k2, v2, k3, v3, k4, v4):
-    # A step's writes all come after its loads: the compiler may not move a load above an
-    # atomic to memory that could alias it, so a load behind a write pays its full latency.
-    tl.atomic_add(out_b + k1.to(tl.int64) * E + offs_e, v1, mask=me, sem="relaxed")
-    tl.atomic_add(out_b + k2.to(tl.int64) * E + offs_e, v2, mask=me, sem="relaxed")
-    tl.atomic_add(out_b + k3.to(tl.int64) * E + offs_e, v3, mask=me, sem="relaxed")
-    tl.atomic_add(out_b + k4.to(tl.int64) * E + offs_e, v4, mask=me, sem="relaxed")
+def _put_rows(out_b, slab, E, offs_e, me, k1, v1, k2, v2, k3, v3, k4, v4, STORE: tl.constexpr):
+    # A step's writes all come after its loads: the compiler may not move a load above a write
+    # to memory that could alias it, so a load behind a write pays its full latency.
+    # STORE: each scan writes its own (batch, L, E) slab (each visits every token once), summed
+    # afterwards; otherwise the four add into one buffer with atomics.
+    if STORE:
+        ty = out_b.dtype.element_ty
+        tl.store(out_b + k1.to(tl.int64) * E + offs_e, v1.to(ty), mask=me)
+        tl.store(out_b + slab + k2.to(tl.int64) * E + offs_e, v2.to(ty), mask=me)
+        tl.store(out_b + 2 * slab + k3.to(tl.int64) * E + offs_e, v3.to(ty), mask=me)
+        tl.store(out_b + 3 * slab + k4.to(tl.int64) * E + offs_e, v4.to(ty), mask=me)
+    else:
+        tl.atomic_add(out_b + k1.to(tl.int64) * E + offs_e, v1, mask=me, sem="relaxed")
+        tl.atomic_add(out_b + k2.to(tl.int64) * E + offs_e, v2, mask=me, sem="relaxed")
+        tl.atomic_add(out_b + k3.to(tl.int64) * E + offs_e, v3, mask=me, sem="relaxed")
+        tl.atomic_add(out_b + k4.to(tl.int64) * E + offs_e, v4, mask=me, sem="relaxed")
 
 
 @triton.jit
@@ -117,9 +126,9 @@ def _zz_fwd_kernel(
     u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, d_ptr, bias_ptr, od_ptr,
     y_ptr, hin_ptr, hend_ptr, dsum_ptr,
     su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l,
-    L, E, T, NCH,
+    BATCH, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr,
-    HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_STATE: tl.constexpr,
+    HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_STATE: tl.constexpr, STORE: tl.constexpr,
 ):  # fmt: skip
     """Forward over one chunk: outputs (WRITE_Y) and/or the chunk's end state (WRITE_STATE)."""
     pe = tl.program_id(0)
@@ -196,7 +205,8 @@ def _zz_fwd_kernel(
         h3, y3 = _fwd_dir(h3, dA, dt, u3, _bk(Bc, p_ptr, k3, offs_n, NP), Cc, Dv)
         h4, y4 = _fwd_dir(h4, dA, dt, u4, _bk(Bc, p_ptr, k4, offs_n, NP), Cc, Dv)
         if WRITE_Y:
-            _add_rows(y_b, E, offs_e, me, k1 >> 3, y1, k2 >> 3, y2, k3 >> 3, y3, k4 >> 3, y4)
+            _put_rows(y_b, BATCH.to(tl.int64) * L * E, E, offs_e, me,
+                      k1 >> 3, y1, k2 >> 3, y2, k3 >> 3, y3, k4 >> 3, y4, STORE)  # fmt: skip
         if WRITE_STATE:
             dsum += dt
 
@@ -310,6 +320,7 @@ def _zz_bwd_rev_kernel(
     su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l,
     BATCH, L, E, T, NCH, NEB,
     NP: tl.constexpr, BE: tl.constexpr, HAS_CARRY: tl.constexpr, MAIN: tl.constexpr,
+    STORE: tl.constexpr,
 ):  # fmt: skip
     """Reverse pass over one chunk.
 
@@ -424,7 +435,8 @@ def _zz_bwd_rev_kernel(
             r4, a, g4, u4, k4, dt, sdt, A2, Bc, p_ptr, Cv, offs_n, psi, Usum, gam, dA_acc,
             acc1, acc2, acc3, NP, MAIN)  # fmt: skip
         if MAIN:
-            _add_rows(du_b, E, offs_e, me, k1 >> 3, du1, k2 >> 3, du2, k3 >> 3, du3, k4 >> 3, du4)
+            _put_rows(du_b, BATCH.to(tl.int64) * L * E, E, offs_e, me,
+                      k1 >> 3, du1, k2 >> 3, du2, k3 >> 3, du3, k4 >> 3, du4, STORE)  # fmt: skip
             row = (pb * L + t) * E + offs_e
             tl.store(gam_ptr + row, gam, mask=me)
             # psi_t = sum_n A_n r_n d_n over the four scans (A = A2 * ln 2).
@@ -751,6 +763,18 @@ def _regs(kernel: str) -> dict:
     return {"maxnreg": cap} if cap and not INTERPRETED else {}
 
 
+SCATTER_ENV = "PLAINMAMBA_TRITON_SCATTER"
+
+
+def scatter_by_store() -> bool:
+    """How the four scans deliver per-token results (y, du): ``store`` (default) writes one
+    slab per scan and sums them afterwards, ``atomic`` adds into one buffer with atomics."""
+    mode = os.environ.get(SCATTER_ENV, "store")
+    if mode not in ("store", "atomic"):
+        raise ValueError(f"${SCATTER_ENV} must be 'store' or 'atomic', got {mode!r}")
+    return mode == "store"
+
+
 def _num_warps(block: int) -> int:
     return max(1, block // 32)
 
@@ -788,7 +812,11 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
     f32 = torch.float32
-    y = torch.zeros((batch, length, channels), device=u.device, dtype=f32)
+    store = scatter_by_store()
+    if store:  # every (scan, token) is written exactly once
+        y = torch.empty((4, batch, length, channels), device=u.device, dtype=u.dtype)
+    else:
+        y = torch.zeros((batch, length, channels), device=u.device, dtype=f32)
     hin = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=u.device, dtype=f32)
     strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(B), *_row_strides(C))
     warps = _num_warps(block)
@@ -798,8 +826,8 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         dsum = torch.empty((batch, n_chunks, channels), device=u.device, dtype=f32)
         _launch(_zz_fwd_kernel, grid,
             u, delta, B, C, P, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
-            length, channels, chunk, n_chunks, NP=np_, BE=block,
-            HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, num_warps=warps, **_regs("fwd"),
+            batch, length, channels, chunk, n_chunks, NP=np_, BE=block,
+            HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, STORE=store, num_warps=warps, **_regs("fwd"),
         )  # fmt: skip
         _launch(_zz_carry_kernel, (n_e, batch),
             a2, hend, dsum, hin, dsum, channels, n_chunks, NP=np_, BE=block, REVERSE=False,
@@ -808,10 +836,11 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     # An empty tensor may have a null pointer, which Triton's launcher refuses: pass y instead.
     _launch(_zz_fwd_kernel, grid,
         u, delta, B, C, P, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
-        length, channels, chunk, n_chunks, NP=np_, BE=block,
-        HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, num_warps=warps, **_regs("fwd"),
+        batch, length, channels, chunk, n_chunks, NP=np_, BE=block,
+        HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, STORE=store, num_warps=warps, **_regs("fwd"),
     )  # fmt: skip
-    return y, hin
+    # The four slabs are summed in float32 (torch's reduction), rounded once to u's dtype.
+    return (y.sum(0) if store else y.to(u.dtype)), hin
 
 
 def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chunk):
@@ -824,7 +853,11 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
     dev, f32 = u.device, torch.float32
-    du = torch.zeros((batch, length, channels), device=dev, dtype=f32)
+    store = scatter_by_store()
+    if store:
+        du = torch.empty((4, batch, length, channels), device=dev, dtype=u.dtype)
+    else:
+        du = torch.zeros((batch, length, channels), device=dev, dtype=f32)
     gam = torch.empty((batch, length, channels), device=dev, dtype=f32)
     wbuf = torch.empty((batch, length, channels), device=dev, dtype=f32)
     dbp = torch.empty((n_e, batch, length, np_), device=dev, dtype=f32)
@@ -846,7 +879,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
             u, delta, Bp, Cp, P, a2, delta_bias, od, gy, du, du,
             du, gam, wbuf, dbp, dap, dirp, sst, plocal, dsum, *strides,
             batch, length, channels, chunk, n_chunks, n_e,
-            NP=np_, BE=block, HAS_CARRY=False, MAIN=False, num_warps=warps, **_regs("rev"),
+            NP=np_, BE=block, HAS_CARRY=False, MAIN=False, STORE=store, num_warps=warps, **_regs("rev"),
         )  # fmt: skip
         rho = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=dev, dtype=f32)
         later = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
@@ -858,7 +891,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         u, delta, Bp, Cp, P, a2, delta_bias, od, gy, rho, later,
         du, gam, wbuf, dbp, dap, dirp, sst, du, du, *strides,
         batch, length, channels, chunk, n_chunks, n_e,
-        NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, num_warps=warps, **_regs("rev"),
+        NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, num_warps=warps, **_regs("rev"),
     )  # fmt: skip
     _launch(_zz_bwd_fwd_kernel, grid,
         u, delta, Bp, Cp, P, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
@@ -866,6 +899,8 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         batch, length, channels, chunk, n_chunks,
         NP=np_, BE=block, HAS_INIT=n_chunks > 1, num_warps=warps, **_regs("bf"),
     )  # fmt: skip
+    if store:
+        du = du.sum(0, dtype=f32)
     return du, gam, wbuf, dbp, dcp, dap, dirp
 
 
@@ -912,7 +947,7 @@ if not hasattr(torch.ops.plainmamba, "zigzag_scan_fwd"):
     def _fwd_fake(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         batch, length, channels = u.shape
         n_chunks = -(-length // chunk)
-        y = u.new_empty((batch, length, channels), dtype=torch.float32)
+        y = u.new_empty((batch, length, channels))
         n_pad = triton.next_power_of_2(A.shape[1])
         hin = u.new_empty((batch, n_chunks - 1, 4, n_pad, channels), dtype=torch.float32)
         return y, hin
@@ -977,4 +1012,4 @@ def zigzag_scan_triton(
         direction_Bs.to(f32).contiguous(), delta_bias.to(f32).contiguous(),
         int(hw[0]), int(hw[1]), chunk,
     )  # fmt: skip
-    return y.to(u.dtype)
+    return y
