@@ -220,6 +220,43 @@ def bench_trunk(impl: str, args, mode: str, size: int = 1024) -> dict:
                 first_call_s=first)  # fmt: skip
 
 
+def profile_l1(impl: str, batch: int) -> dict:
+    """Eager L1 (infer, then a training step) under torch.profiler: GPU time per kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_l1(impl)
+    x = torch.randn(batch, 3, 224, 224, device="cuda")
+    y = torch.randint(0, 1000, (batch,), device="cuda")
+    rows = {}
+    for part in ("infer", "train"):
+        model.train(part == "train")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16), torch.set_grad_enabled(
+                part == "train"
+            ):
+                out = model(x)
+            if part == "train":
+                F.cross_entropy(out, y).backward()
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14)
+        print(f"profile {impl} {part} B={batch} (3 calls)\n{table}", flush=True)
+        total = sum(e.device_time_total for e in prof.key_averages()) / 3e3
+        rows[part] = dict(
+            total_ms=total,
+            top={e.key[:80]: e.device_time_total / 3e3 for e in sorted(
+                prof.key_averages(), key=lambda e: -e.device_time_total)[:14]},
+        )  # fmt: skip
+    return dict(part="profile", impl=impl, batch=batch, **rows)
+
+
 def pick_blocks(args, it, rows: List[dict], save, env: dict) -> None:
     """Time the forward for each ``--blocks`` and forward + backward for each ``--bwd-blocks``;
     keep the fastest of each (batch 128) in the environment for the model parts."""
@@ -265,7 +302,10 @@ def main(argv: List[str] | None = None) -> int:
         " fastest at batch 128 is then used for the model parts",
     )  # fmt: skip
     parser.add_argument(
-        "--bwd-blocks", nargs="+", type=int, default=None,
+        "--bwd-blocks",
+        nargs="+",
+        type=int,
+        default=None,
         help="Triton channels per program of the backward to compare (forward + backward)",
     )
     parser.add_argument("--json", default=None)
@@ -319,6 +359,8 @@ def main(argv: List[str] | None = None) -> int:
             else:
                 rows.extend(bench_kernel(impl, it))
                 save()
+        if "profile" in args.parts:
+            guarded(profile_l1, impl, args.batch)
         for mode in args.compile:
             if slow and mode != "none":
                 continue  # mamba-ssm's extension is opaque to torch.compile

@@ -4,7 +4,7 @@
 # tests on the GPU, the benchmarks (eager, then torch.compile while the build finishes), the
 # agreement with mamba-ssm and the training curves; logs and JSON go to $OUT. Every stage has a
 # time limit so that the whole script ends before $DEADLINE seconds.
-#   DEADLINE=540 STAGES="tests kernel eager graphs mamba deit curves" bash benchmarks/run_gpu.sh
+#   DEADLINE=540 STAGES="tests kernel eager graphs mamba curves deit" bash benchmarks/run_gpu.sh
 # (run tool: carry [".whl"]). Stages run in that order; leave some out to split the work
 # between calls.
 set -o pipefail
@@ -48,17 +48,17 @@ else
   BUILD_PID=$!
 fi
 
-has() { [[ " ${STAGES:-tests kernel eager graphs mamba deit curves} " == *" $1 "* ]]; }
+has() { [[ " ${STAGES:-tests kernel eager graphs mamba curves deit} " == *" $1 "* ]]; }
 if has tests; then
   stamp "triton tests on the GPU (with mamba-ssm agreement when its build was carried)"
   run 150 60 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py
 fi
 if has kernel; then
-  stamp "kernel: channel blocks; per-scan stores against atomics"
-  run 100 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel --blocks 32 64 \
-    --bwd-blocks 32 64 --json "$OUT/bench.json"
-  run 60 60 env PLAINMAMBA_TRITON_SCATTER=atomic python3 benchmarks/bench_gpu.py \
-    --impls triton --parts kernel --blocks 32 --bwd-blocks 32 --json "$OUT/bench.json"
+  stamp "kernel: one L1 layer; per-kernel GPU time of eager L1"
+  run 60 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel profile \
+    --json "$OUT/bench.json"
+  run 40 60 env PLAINMAMBA_TRITON_SCATTER=atomic python3 benchmarks/bench_gpu.py \
+    --impls triton --parts kernel --json "$OUT/bench.json"
 fi
 B="${BLOCKS:-}"  # e.g. "PLAINMAMBA_TRITON_BLOCK=64 PLAINMAMBA_TRITON_BLOCK_BWD=32"
 if has eager; then
@@ -85,14 +85,14 @@ if has mamba; then
   stamp "mamba-ssm path: kernel and L1 eager"
   run 120 20 python3 benchmarks/bench_gpu.py --impls mamba --json "$OUT/bench.json"
 fi
+if has curves; then
+  stamp "training curves: triton vs mamba-ssm"
+  run 110 0 env $B python3 benchmarks/train_curve.py --impls triton mamba --iters 200 --batch 32 \
+    --json "$OUT/curves.json"
+fi
 if has deit; then
   stamp "DeiT-Tiny: eager and CUDA graphs"
   run 150 20 python3 benchmarks/bench_gpu.py --impls none --parts infer train --deit \
     --compile none reduce-overhead --json "$OUT/bench.json"
-fi
-if has curves; then
-  stamp "training curves: triton vs mamba-ssm"
-  run 150 0 env $B python3 benchmarks/train_curve.py --impls triton mamba --iters 200 --batch 32 \
-    --json "$OUT/curves.json"
 fi
 stamp "done"

@@ -126,7 +126,7 @@ def _zz_fwd_kernel(
     u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, d_ptr, bias_ptr, od_ptr,
     y_ptr, hin_ptr, hend_ptr, dsum_ptr,
     su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l,
-    BATCH, L, E, T, NCH,
+    YSLAB, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_STATE: tl.constexpr, STORE: tl.constexpr,
 ):  # fmt: skip
@@ -205,7 +205,7 @@ def _zz_fwd_kernel(
         h3, y3 = _fwd_dir(h3, dA, dt, u3, _bk(Bc, p_ptr, k3, offs_n, NP), Cc, Dv)
         h4, y4 = _fwd_dir(h4, dA, dt, u4, _bk(Bc, p_ptr, k4, offs_n, NP), Cc, Dv)
         if WRITE_Y:
-            _put_rows(y_b, BATCH.to(tl.int64) * L * E, E, offs_e, me,
+            _put_rows(y_b, YSLAB, E, offs_e, me,
                       k1 >> 3, y1, k2 >> 3, y2, k3 >> 3, y3, k4 >> 3, y4, STORE)  # fmt: skip
         if WRITE_STATE:
             dsum += dt
@@ -318,7 +318,7 @@ def _zz_bwd_rev_kernel(
     rho_ptr, later_ptr,
     du_ptr, gam_ptr, w_ptr, dbp_ptr, dap_ptr, dirp_ptr, sst_ptr, plocal_ptr, dsum_ptr,
     su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l,
-    BATCH, L, E, T, NCH, NEB,
+    BATCH, YSLAB, L, E, T, NCH, NEB,
     NP: tl.constexpr, BE: tl.constexpr, HAS_CARRY: tl.constexpr, MAIN: tl.constexpr,
     STORE: tl.constexpr,
 ):  # fmt: skip
@@ -435,7 +435,7 @@ def _zz_bwd_rev_kernel(
             r4, a, g4, u4, k4, dt, sdt, A2, Bc, p_ptr, Cv, offs_n, psi, Usum, gam, dA_acc,
             acc1, acc2, acc3, NP, MAIN)  # fmt: skip
         if MAIN:
-            _put_rows(du_b, BATCH.to(tl.int64) * L * E, E, offs_e, me,
+            _put_rows(du_b, YSLAB, E, offs_e, me,
                       k1 >> 3, du1, k2 >> 3, du2, k3 >> 3, du3, k4 >> 3, du4, STORE)  # fmt: skip
             row = (pb * L + t) * E + offs_e
             tl.store(gam_ptr + row, gam, mask=me)
@@ -676,16 +676,16 @@ def _num_sms(device: str) -> int:
 
 
 BLOCK_BWD_ENV = BLOCK_ENV + "_BWD"
-_DEFAULT_BLOCK = {False: 64, True: 32}
+_DEFAULT_BLOCK = {False: 32, True: 32}
 
 
 def block_channels(backward: bool = False) -> int:
     """Channels per program: ``$PLAINMAMBA_TRITON_BLOCK`` (``..._BWD`` for the backward only).
 
     A thread owns a channel and keeps its states of the four scans in registers; a warp owns 32
-    channels. The backward defaults to one warp, because its per-step sums over channels (dB,
-    dC) then stay inside the warp; the forward has no such sums and shares each step's B and C
-    rows among more warps.
+    channels. Both default to one warp a program, the fastest on an H100 and an H200
+    (benchmarks/RESULTS.md); in the backward the per-step sums over channels (dB, dC) then stay
+    inside the warp.
     """
     raw = os.environ.get(BLOCK_BWD_ENV) if backward else None
     raw = raw or os.environ.get(BLOCK_ENV) or str(_DEFAULT_BLOCK[backward])
@@ -826,7 +826,7 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         dsum = torch.empty((batch, n_chunks, channels), device=u.device, dtype=f32)
         _launch(_zz_fwd_kernel, grid,
             u, delta, B, C, P, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
-            batch, length, channels, chunk, n_chunks, NP=np_, BE=block,
+            batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
             HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, STORE=store, num_warps=warps, **_regs("fwd"),
         )  # fmt: skip
         _launch(_zz_carry_kernel, (n_e, batch),
@@ -836,7 +836,7 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     # An empty tensor may have a null pointer, which Triton's launcher refuses: pass y instead.
     _launch(_zz_fwd_kernel, grid,
         u, delta, B, C, P, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
-        batch, length, channels, chunk, n_chunks, NP=np_, BE=block,
+        batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
         HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, STORE=store, num_warps=warps, **_regs("fwd"),
     )  # fmt: skip
     # The four slabs are summed in float32 (torch's reduction), rounded once to u's dtype.
@@ -878,7 +878,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         _launch(_zz_bwd_rev_kernel, grid,
             u, delta, Bp, Cp, P, a2, delta_bias, od, gy, du, du,
             du, gam, wbuf, dbp, dap, dirp, sst, plocal, dsum, *strides,
-            batch, length, channels, chunk, n_chunks, n_e,
+            batch, batch * length * channels, length, channels, chunk, n_chunks, n_e,
             NP=np_, BE=block, HAS_CARRY=False, MAIN=False, STORE=store, num_warps=warps, **_regs("rev"),
         )  # fmt: skip
         rho = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=dev, dtype=f32)
@@ -890,7 +890,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     _launch(_zz_bwd_rev_kernel, grid,
         u, delta, Bp, Cp, P, a2, delta_bias, od, gy, rho, later,
         du, gam, wbuf, dbp, dap, dirp, sst, du, du, *strides,
-        batch, length, channels, chunk, n_chunks, n_e,
+        batch, batch * length * channels, length, channels, chunk, n_chunks, n_e,
         NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, num_warps=warps, **_regs("rev"),
     )  # fmt: skip
     _launch(_zz_bwd_fwd_kernel, grid,
