@@ -42,7 +42,9 @@ def compile_report(fn, constexprs: dict, num_warps: int, tmp: str, num_stages: i
             sig[n] = "i32"
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
+        src,
+        target=GPUTarget("cuda", 90, 32),
+        options=dict(num_warps=num_warps, num_stages=num_stages),
     )
     ptx, ttgir = kernel.asm["ptx"], kernel.asm["ttgir"]
     path = os.path.join(tmp, "k.ptx")

@@ -116,6 +116,30 @@ else:
             assert grads[name].shape == ref.shape, name
             assert rel_err(grads[name], ref) < 2e-4, name
 
+    def test_atomic_scatter_matches_reference(chunk, monkeypatch):
+        """The atomic-add variant of the per-token writes (y, du) gives the same results."""
+        chunk(8)
+        monkeypatch.setenv(zt.SCATTER_ENV, "atomic")
+        inputs = make_inputs(2, 5, 7, 40, 16)
+        y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
+        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
+        assert rel_err(y, y_ref) < 1e-5
+        for name, ref in g_ref.items():
+            assert rel_err(grads[name], ref) < 2e-4, name
+
+    def test_switches_reject_bad_values(monkeypatch):
+        monkeypatch.setenv(zt.SCATTER_ENV, "scatter")
+        with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_SCATTER"):
+            zt.scatter_by_store()
+        monkeypatch.setenv(zt.MAXNREG_ENV, "fwd:128,bwd:1")
+        with pytest.raises(ValueError, match="fwd:160"):
+            zt.max_registers("fwd")
+        monkeypatch.setenv(zt.MAXNREG_ENV, "bf:192")
+        assert zt.max_registers("bf") == 192 and zt.max_registers("fwd") == 160
+        monkeypatch.setenv(zt.BLOCK_ENV, "48")
+        with pytest.raises(ValueError, match="power of two"):
+            zt.block_channels()
+
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_half_precision_inputs(dtype, chunk):
         chunk(8)  # chunked as well

@@ -1,19 +1,25 @@
 """Fused GPU zig-zag selective scan: Triton kernels for the four scans of a layer, fwd and bwd.
 
-Layout. A program owns one batch element, a block of ``BE`` channels and one chunk of steps;
-its state is four (N, BE) float32 tensors in registers, one per scan order. Since delta, B and
-C are indexed by the step (SPEC 4.6), ``exp(delta_t * A)`` is computed once per step and shared
-by the four recurrences; each recurrence gathers ``u`` at the token its order visits, adds its
-direction offset to ``B_t`` and adds ``y_k + D * u`` to that token of a float32 output with a
-relaxed atomic (the four scans deliver a token at four different steps).
+Layout. A program owns one batch element, a block of ``BE`` channels (32 by default: one warp)
+and one chunk of steps; a thread owns one channel and keeps its N states of all four scan orders
+in float32 registers, as four (BE, N) tiles. Since delta, B and C are indexed by the step
+(SPEC 4.6), ``exp(delta_t * A)`` is computed once per step and shared by the four recurrences;
+each recurrence gathers ``u`` at the token its order visits and adds the direction offset of the
+move that arrived to ``B_t`` (the (5, N) offset table stays in L1).
 
-Register layout. The states axis must stay inside a thread (or two), so that the sums over
-states (``y = h . C`` and friends) need no shuffles and no shared-memory round trips. Triton picks
-layouts from the memory contiguity of loads; B_t, C_t, A and the direction offsets are therefore
-loaded as (N, BE) tiles through offsets multiplied by ``one``, a run-time 1 that is kept out of
-specialisation, which hides their contiguity along the states. (Loaded as (N,) vectors, A's
-contiguity along N made Triton spread the states over 16 lanes: 256 shuffles and 9 shared-memory
-conversions a step in the forward.)
+Register layout. A is passed as ``(A * log2 e)^T``, (N, E), and saved states are (N, E) too, so
+every 2-D tile in memory is contiguous along channels: Triton then gives each thread a channel and
+keeps its N states in its own registers, and the sums over states (``y = h . C``) need no
+shuffles. B_t and C_t are loaded as (N,) rows and broadcast. ``benchmarks/kernel_report.py``
+prints the layouts, shuffles and registers without a GPU.
+
+Writes. Each scan visits every token once, so by default (``$PLAINMAMBA_TRITON_SCATTER=store``)
+it writes ``y_k + D * u`` to its own (batch, L, E) slab and the four slabs are summed afterwards:
+deterministic, no atomics (``atomic`` adds into one float32 buffer instead). A step's writes
+come after all of its loads, because the compiler may not move a load above a write to memory
+that could alias it. The visited tokens and move codes are computed on the device from (H, W)
+at every call, so nothing is cached on the device (CUDA graphs could not replay a cached
+tensor allocated while they record).
 
 Chunks. With few (batch, channel-block) programs (batch 1 at high resolution) the steps are
 cut into chunks that run in parallel: a first pass gives each chunk's final state from a zero
