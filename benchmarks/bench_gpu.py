@@ -11,7 +11,8 @@ Parts:
   fewest bytes it must move: u, delta, B, C read once, y written once), and forward + backward;
 - ``infer``: L1 classifier (trunk + pooled linear head), 224 px, bf16 autocast, images/s;
 - ``train``: one training step (forward, cross-entropy, backward, fused AdamW), images/s;
-- ``trunk``: the L1 trunk alone at 1024x1024, batch 1, bf16 autocast, milliseconds.
+- ``trunk``: the L1 trunk alone at 1024x1024, batch 1, bf16 autocast, milliseconds;
+- ``profile``: eager L1 inference and training step under torch.profiler, GPU time per kernel.
 
 ``--compile`` takes ``none``, ``default`` (torch.compile) and ``reduce-overhead`` (torch.compile
 with CUDA graphs). Timings are medians over ``--iters`` calls timed with CUDA events after

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compile the Triton scan kernels for a Hopper GPU on a machine without one, and report.
 
-    python benchmarks/kernel_report.py --block 16 32
+    python benchmarks/kernel_report.py --block 32 64
 
 For each kernel: the register layouts Triton chose, the warp shuffles and barriers in its PTX
 (sums over the states should need none: the states stay inside a thread), and the registers and
