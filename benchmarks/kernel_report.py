@@ -22,7 +22,8 @@ from typing import List
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-_HALF_INPUTS = ("u_ptr", "dl_ptr", "b_ptr", "c_ptr", "gy_ptr")
+_HALF_INPUTS = ("u_ptr", "dl_ptr", "gy_ptr")
+_ALIGNED_INTS = ("sb_b", "sb_l", "sc_b", "sc_l")
 
 
 def compile_report(fn, constexprs: dict, num_warps: int, tmp: str, num_stages: int = 3) -> dict:
@@ -40,6 +41,8 @@ def compile_report(fn, constexprs: dict, num_warps: int, tmp: str, num_stages: i
             attrs[(names.index(n),)] = [["tt.divisibility", 16]]
         else:
             sig[n] = "i32"
+            if n in _ALIGNED_INTS:  # multiples of 16 at run time, which Triton specialises on
+                attrs[(names.index(n),)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(
         src,

@@ -6,7 +6,7 @@
 # time limit so that the whole script ends before $DEADLINE seconds.
 #   DEADLINE=540 STAGES="tests kernel eager graphs mamba curves deit" bash benchmarks/run_gpu.sh
 # (run tool: carry [".whl"]). Stages run in that order; leave some out to split the work
-# between calls.
+# between calls. TESTS_K selects tests (pytest -k); COMPARE_ATOMIC=0 skips the atomic variant.
 set -o pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 OUT=${OUT:-/tmp/out}
@@ -51,14 +51,16 @@ fi
 has() { [[ " ${STAGES:-tests kernel eager graphs mamba curves deit} " == *" $1 "* ]]; }
 if has tests; then
   stamp "triton tests on the GPU (with mamba-ssm agreement when its build was carried)"
-  run 150 60 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py
+  run 150 60 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py ${TESTS_K:+-k "$TESTS_K"}
 fi
 if has kernel; then
   stamp "kernel: one L1 layer; per-kernel GPU time of eager L1"
   run 60 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel profile \
     --json "$OUT/bench.json"
-  run 40 60 env PLAINMAMBA_TRITON_SCATTER=atomic python3 benchmarks/bench_gpu.py \
-    --impls triton --parts kernel --json "$OUT/bench.json"
+  if [ "${COMPARE_ATOMIC:-1}" = 1 ]; then
+    run 40 60 env PLAINMAMBA_TRITON_SCATTER=atomic python3 benchmarks/bench_gpu.py \
+      --impls triton --parts kernel --json "$OUT/bench.json"
+  fi
 fi
 B="${BLOCKS:-}"  # e.g. "PLAINMAMBA_TRITON_BLOCK=64 PLAINMAMBA_TRITON_BLOCK_BWD=32"
 if has eager; then

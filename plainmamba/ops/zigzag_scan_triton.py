@@ -794,18 +794,23 @@ def _unit_last(t: Tensor) -> Tensor:
 
 
 def _state_params(A: Tensor, B: Tensor, C: Tensor, direction_Bs: Tensor, n_pad: int):
-    """``A * log2(e)`` as (n_pad, E); B, C and the direction offsets with n_pad states.
+    """``A * log2(e)`` as (n_pad, E); B, C (float32, contiguous) and the direction offsets with
+    n_pad states.
 
-    States past N are zero-padded (only when N is not a power of two): with A = 0 and
-    B = C = 0 they stay zero and add nothing. B and C stay views (x_proj's output) otherwise.
+    B and C are small (N values per token against E per channel row); as contiguous float32
+    rows of n_pad values each thread reads a step's row with four 16-byte loads and no
+    conversions, where x_proj's bf16 view (row stride dt_rank + 2N) costs 2 x 16 scalar loads
+    and conversions per step. States past N are zero-padded (only when N is not a power of
+    two): with A = 0 and B = C = 0 they stay zero and add nothing.
     """
     n_state = A.shape[1]
     a2 = (A.float() * LOG2E).t()
+    B, C, direction_Bs = B.float(), C.float(), direction_Bs.float()
     if n_pad != n_state:
         extra = n_pad - n_state
         a2 = F.pad(a2, (0, 0, 0, extra))
         B, C, direction_Bs = (F.pad(t, (0, extra)) for t in (B, C, direction_Bs))
-    return a2.contiguous(), _unit_last(B), _unit_last(C), direction_Bs.float().contiguous()
+    return a2.contiguous(), B.contiguous(), C.contiguous(), direction_Bs.contiguous()
 
 
 def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
