@@ -747,8 +747,8 @@ def _launch(kernel, grid, *args, **kwargs):
 
 MAXNREG_ENV = "PLAINMAMBA_TRITON_MAXNREG"
 # Register caps per kernel (0: the compiler's choice, up to 255). ptxas takes all 255 registers
-# for the forward when allowed, which halves the warps a multiprocessor can hold; at 160 it
-# needs no spills (benchmarks/kernel_report.py) and 12 warps fit.
+# for the forward when allowed, which cuts the warps a multiprocessor holds from 12 to 8; at 160
+# it spills at most a few bytes (the GPU runs' register report) and 12 warps fit.
 _MAXNREG = {"fwd": 160, "rev": 0, "bf": 0}
 
 
