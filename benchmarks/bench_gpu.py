@@ -150,6 +150,17 @@ def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
     return torch.compile(model, mode=mode)
 
 
+def first_and_median(step: Callable[[], object], args, reset_peak: bool = False):
+    """Seconds of the first call (compilation included), then the median milliseconds."""
+    t0 = time.time()
+    step()
+    torch.cuda.synchronize()
+    first = time.time() - t0
+    if reset_peak:
+        torch.cuda.reset_peak_memory_stats()
+    return first, cuda_ms(step, args.warmup, args.iters)
+
+
 def bench_infer(name: str, model: nn.Module, batch: int, size: int, args, mode: str) -> dict:
     model.eval()
     run = maybe_compile(model, mode)
@@ -159,11 +170,7 @@ def bench_infer(name: str, model: nn.Module, batch: int, size: int, args, mode: 
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             return run(x)
 
-    t0 = time.time()
-    step()
-    torch.cuda.synchronize()
-    first = time.time() - t0
-    ms = cuda_ms(step, args.warmup, args.iters)
+    first, ms = first_and_median(step, args)
     row = dict(part="infer", impl=name, compile=mode, batch=batch, size=size, ms=ms,
                images_per_s=batch * 1e3 / ms, first_call_s=first)  # fmt: skip
     print(f"infer  {name:6s} {mode:15s} B={batch} {size}px: {ms:8.2f} ms  "
@@ -185,12 +192,7 @@ def bench_train(name: str, model: nn.Module, batch: int, size: int, args, mode: 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t0 = time.time()
-    step()
-    torch.cuda.synchronize()
-    first = time.time() - t0
-    torch.cuda.reset_peak_memory_stats()
-    ms = cuda_ms(step, args.warmup, args.iters)
+    first, ms = first_and_median(step, args, reset_peak=True)
     row = dict(part="train", impl=name, compile=mode, batch=batch, size=size, ms=ms,
                images_per_s=batch * 1e3 / ms, first_call_s=first,
                peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)  # fmt: skip
@@ -211,11 +213,7 @@ def bench_trunk(impl: str, args, mode: str, size: int = 1024) -> dict:
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             return run(x)
 
-    t0 = time.time()
-    step()
-    torch.cuda.synchronize()
-    first = time.time() - t0
-    ms = cuda_ms(step, args.warmup, args.iters)
+    first, ms = first_and_median(step, args)
     print(f"trunk  {impl:6s} {mode:15s} B=1 {size}px: {ms:8.2f} ms", flush=True)
     return dict(part="trunk", impl=impl, compile=mode, batch=1, size=size, ms=ms,
                 first_call_s=first)  # fmt: skip

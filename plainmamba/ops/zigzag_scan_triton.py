@@ -91,6 +91,48 @@ def _row(base, t, stride, offs, mask):
 
 
 @triton.jit
+def _codes(od_ptr, L, t):
+    # The four scans' packed ``token << 3 | code`` at step t.
+    return (
+        tl.load(od_ptr + t), tl.load(od_ptr + L + t), tl.load(od_ptr + 2 * L + t),
+        tl.load(od_ptr + 3 * L + t),
+    )  # fmt: skip
+
+
+@triton.jit
+def _gather(base, k1, k2, k3, k4, stride, offs_e, me):
+    # The channel rows of the tokens that the four scans visit (from their packed codes).
+    return (
+        _row(base, k1 >> 3, stride, offs_e, me), _row(base, k2 >> 3, stride, offs_e, me),
+        _row(base, k3 >> 3, stride, offs_e, me), _row(base, k4 >> 3, stride, offs_e, me),
+    )  # fmt: skip
+
+
+@triton.jit
+def _zeros4(BE: tl.constexpr, NP: tl.constexpr):
+    z = tl.zeros((BE, NP), tl.float32)
+    return z, z, z, z
+
+
+@triton.jit
+def _load4(ptr, slab, mask):
+    # Four (BE, NP) state tiles, one per scan, ``slab`` apart.
+    return (
+        tl.load(ptr, mask=mask, other=0.0), tl.load(ptr + slab, mask=mask, other=0.0),
+        tl.load(ptr + 2 * slab, mask=mask, other=0.0),
+        tl.load(ptr + 3 * slab, mask=mask, other=0.0),
+    )  # fmt: skip
+
+
+@triton.jit
+def _store4(ptr, slab, mask, h1, h2, h3, h4):
+    tl.store(ptr, h1, mask=mask)
+    tl.store(ptr + slab, h2, mask=mask)
+    tl.store(ptr + 2 * slab, h3, mask=mask)
+    tl.store(ptr + 3 * slab, h4, mask=mask)
+
+
+@triton.jit
 def _vec(base, t, stride, offs_n):
     # A step's row of B or C (NP states; padded on the host when N is not a power of two).
     return tl.load(base + t * stride + offs_n).to(tl.float32)
@@ -161,48 +203,27 @@ def _zz_fwd_kernel(
     if HAS_INIT:
         hb = hin_ptr + (pb * (NCH - 1) + pc - 1) * 4 * slab + st
         mi = m2 & (pc > 0)
-        h1 = tl.load(hb, mask=mi, other=0.0)
-        h2 = tl.load(hb + slab, mask=mi, other=0.0)
-        h3 = tl.load(hb + 2 * slab, mask=mi, other=0.0)
-        h4 = tl.load(hb + 3 * slab, mask=mi, other=0.0)
+        h1, h2, h3, h4 = _load4(hb, slab, mi)
     else:
-        h1 = tl.zeros((BE, NP), tl.float32)
-        h2 = tl.zeros((BE, NP), tl.float32)
-        h3 = tl.zeros((BE, NP), tl.float32)
-        h4 = tl.zeros((BE, NP), tl.float32)
+        h1, h2, h3, h4 = _zeros4(BE, NP)
     dsum = tl.zeros((BE,), tl.float32)
 
     # Software pipelining by hand: scan codes two steps ahead, rows one step ahead.
-    k1 = tl.load(od_ptr + t0)
-    k2 = tl.load(od_ptr + L + t0)
-    k3 = tl.load(od_ptr + 2 * L + t0)
-    k4 = tl.load(od_ptr + 3 * L + t0)
+    k1, k2, k3, k4 = _codes(od_ptr, L, t0)
     tq = tl.minimum(t0 + 1, t1 - 1)
-    q1 = tl.load(od_ptr + tq)
-    q2 = tl.load(od_ptr + L + tq)
-    q3 = tl.load(od_ptr + 2 * L + tq)
-    q4 = tl.load(od_ptr + 3 * L + tq)
+    q1, q2, q3, q4 = _codes(od_ptr, L, tq)
     x = _row(dl_b, t0, sd_l, offs_e, me)
     Bc = _vec(b_b, t0, sb_l, offs_n)
     Cc = _vec(c_b, t0, sc_l, offs_n)
-    u1 = _row(u_b, k1 >> 3, su_l, offs_e, me)
-    u2 = _row(u_b, k2 >> 3, su_l, offs_e, me)
-    u3 = _row(u_b, k3 >> 3, su_l, offs_e, me)
-    u4 = _row(u_b, k4 >> 3, su_l, offs_e, me)
+    u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, offs_e, me)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
         B_n = _vec(b_b, tn, sb_l, offs_n)
         C_n = _vec(c_b, tn, sc_l, offs_n)
-        u1_n = _row(u_b, q1 >> 3, su_l, offs_e, me)
-        u2_n = _row(u_b, q2 >> 3, su_l, offs_e, me)
-        u3_n = _row(u_b, q3 >> 3, su_l, offs_e, me)
-        u4_n = _row(u_b, q4 >> 3, su_l, offs_e, me)
-        r1 = tl.load(od_ptr + tnn)
-        r2 = tl.load(od_ptr + L + tnn)
-        r3 = tl.load(od_ptr + 2 * L + tnn)
-        r4 = tl.load(od_ptr + 3 * L + tnn)
+        u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, offs_e, me)
+        r1, r2, r3, r4 = _codes(od_ptr, L, tnn)
 
         dt = _softplus(x + bias)
         dA = tl.exp2(dt[:, None] * A2)
@@ -233,10 +254,7 @@ def _zz_fwd_kernel(
         q4 = r4
     if WRITE_STATE:
         hb = hend_ptr + (pb * NCH + pc) * 4 * slab + st
-        tl.store(hb, h1, mask=m2)
-        tl.store(hb + slab, h2, mask=m2)
-        tl.store(hb + 2 * slab, h3, mask=m2)
-        tl.store(hb + 3 * slab, h4, mask=m2)
+        _store4(hb, slab, m2, h1, h2, h3, h4)
         tl.store(dsum_ptr + (pb * NCH + pc) * E + offs_e, dsum, mask=me)
 
 
@@ -260,10 +278,7 @@ def _zz_carry_kernel(a_ptr, src_ptr, dsum_ptr, dst_ptr, later_ptr, E, NCH,
     slab = NP * E
     st = offs_n[None, :] * E + offs_e[:, None]
     A2 = tl.load(a_ptr + st, mask=m2, other=0.0)
-    h1 = tl.zeros((BE, NP), tl.float32)
-    h2 = tl.zeros((BE, NP), tl.float32)
-    h3 = tl.zeros((BE, NP), tl.float32)
-    h4 = tl.zeros((BE, NP), tl.float32)
+    h1, h2, h3, h4 = _zeros4(BE, NP)
     later = tl.zeros((BE,), tl.float32)
     if REVERSE:
         tl.store(later_ptr + (pb * NCH + NCH - 1) * E + offs_e, later, mask=me)
@@ -282,10 +297,7 @@ def _zz_carry_kernel(a_ptr, src_ptr, dsum_ptr, dst_ptr, later_ptr, E, NCH,
         h3 = P * h3 + tl.load(src + 2 * slab, mask=m2, other=0.0)
         h4 = P * h4 + tl.load(src + 3 * slab, mask=m2, other=0.0)
         dst = dst_ptr + (pb * (NCH - 1) + c_dst) * 4 * slab + st
-        tl.store(dst, h1, mask=m2)
-        tl.store(dst + slab, h2, mask=m2)
-        tl.store(dst + 2 * slab, h3, mask=m2)
-        tl.store(dst + 3 * slab, h4, mask=m2)
+        _store4(dst, slab, m2, h1, h2, h3, h4)
         if REVERSE:
             later += ds
             tl.store(later_ptr + (pb * NCH + c_dst) * E + offs_e, later, mask=me)
@@ -355,42 +367,21 @@ def _zz_bwd_rev_kernel(
     if HAS_CARRY:
         rb_ = rho_ptr + (pb * (NCH - 1) + pc) * 4 * slab + st
         mr = m2 & (pc < NCH - 1)
-        r1 = tl.load(rb_, mask=mr, other=0.0)
-        r2 = tl.load(rb_ + slab, mask=mr, other=0.0)
-        r3 = tl.load(rb_ + 2 * slab, mask=mr, other=0.0)
-        r4 = tl.load(rb_ + 3 * slab, mask=mr, other=0.0)
+        r1, r2, r3, r4 = _load4(rb_, slab, mr)
         s_after = tl.load(later_ptr + (pb * NCH + pc) * E + offs_e, mask=me, other=0.0)
     else:
-        r1 = tl.zeros((BE, NP), tl.float32)
-        r2 = tl.zeros((BE, NP), tl.float32)
-        r3 = tl.zeros((BE, NP), tl.float32)
-        r4 = tl.zeros((BE, NP), tl.float32)
+        r1, r2, r3, r4 = _zeros4(BE, NP)
         s_after = tl.zeros((BE,), tl.float32)
-    dA_acc = tl.zeros((BE, NP), tl.float32)
-    acc1 = tl.zeros((BE, NP), tl.float32)
-    acc2 = tl.zeros((BE, NP), tl.float32)
-    acc3 = tl.zeros((BE, NP), tl.float32)
+    dA_acc, acc1, acc2, acc3 = _zeros4(BE, NP)
 
     tl0 = t1 - 1
-    k1 = tl.load(od_ptr + tl0)
-    k2 = tl.load(od_ptr + L + tl0)
-    k3 = tl.load(od_ptr + 2 * L + tl0)
-    k4 = tl.load(od_ptr + 3 * L + tl0)
+    k1, k2, k3, k4 = _codes(od_ptr, L, tl0)
     tq = tl.maximum(tl0 - 1, t0)
-    q1 = tl.load(od_ptr + tq)
-    q2 = tl.load(od_ptr + L + tq)
-    q3 = tl.load(od_ptr + 2 * L + tq)
-    q4 = tl.load(od_ptr + 3 * L + tq)
+    q1, q2, q3, q4 = _codes(od_ptr, L, tq)
     x = _row(dl_b, tl0, sd_l, offs_e, me)
-    g1 = _row(g_b, k1 >> 3, sg_l, offs_e, me)
-    g2 = _row(g_b, k2 >> 3, sg_l, offs_e, me)
-    g3 = _row(g_b, k3 >> 3, sg_l, offs_e, me)
-    g4 = _row(g_b, k4 >> 3, sg_l, offs_e, me)
+    g1, g2, g3, g4 = _gather(g_b, k1, k2, k3, k4, sg_l, offs_e, me)
     if MAIN:
-        u1 = _row(u_b, k1 >> 3, su_l, offs_e, me)
-        u2 = _row(u_b, k2 >> 3, su_l, offs_e, me)
-        u3 = _row(u_b, k3 >> 3, su_l, offs_e, me)
-        u4 = _row(u_b, k4 >> 3, su_l, offs_e, me)
+        u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, offs_e, me)
     else:
         u1 = x
         u2 = x
@@ -401,24 +392,15 @@ def _zz_bwd_rev_kernel(
         tn = tl.maximum(t - 1, t0)
         tnn = tl.maximum(t - 2, t0)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
-        g1_n = _row(g_b, q1 >> 3, sg_l, offs_e, me)
-        g2_n = _row(g_b, q2 >> 3, sg_l, offs_e, me)
-        g3_n = _row(g_b, q3 >> 3, sg_l, offs_e, me)
-        g4_n = _row(g_b, q4 >> 3, sg_l, offs_e, me)
+        g1_n, g2_n, g3_n, g4_n = _gather(g_b, q1, q2, q3, q4, sg_l, offs_e, me)
         if MAIN:
-            u1_n = _row(u_b, q1 >> 3, su_l, offs_e, me)
-            u2_n = _row(u_b, q2 >> 3, su_l, offs_e, me)
-            u3_n = _row(u_b, q3 >> 3, su_l, offs_e, me)
-            u4_n = _row(u_b, q4 >> 3, su_l, offs_e, me)
+            u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, offs_e, me)
         else:
             u1_n = x_n
             u2_n = x_n
             u3_n = x_n
             u4_n = x_n
-        p1 = tl.load(od_ptr + tnn)
-        p2 = tl.load(od_ptr + L + tnn)
-        p3 = tl.load(od_ptr + 2 * L + tnn)
-        p4 = tl.load(od_ptr + 3 * L + tnn)
+        p1, p2, p3, p4 = _codes(od_ptr, L, tnn)
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
@@ -476,10 +458,7 @@ def _zz_bwd_rev_kernel(
         tl.store(sst_ptr + (pb * NCH + pc) * E + offs_e, s_after, mask=me)
     else:
         pl = plocal_ptr + (pb * NCH + pc) * 4 * slab + st
-        tl.store(pl, r1, mask=m2)
-        tl.store(pl + slab, r2, mask=m2)
-        tl.store(pl + 2 * slab, r3, mask=m2)
-        tl.store(pl + 3 * slab, r4, mask=m2)
+        _store4(pl, slab, m2, r1, r2, r3, r4)
         tl.store(dsum_ptr + (pb * NCH + pc) * E + offs_e, s_after, mask=me)
 
 
@@ -520,52 +499,25 @@ def _zz_bwd_fwd_kernel(
     if HAS_INIT:
         hb = hin_ptr + (pb * (NCH - 1) + pc - 1) * 4 * slab + st
         mi = m2 & (pc > 0)
-        h1 = tl.load(hb, mask=mi, other=0.0)
-        h2 = tl.load(hb + slab, mask=mi, other=0.0)
-        h3 = tl.load(hb + 2 * slab, mask=mi, other=0.0)
-        h4 = tl.load(hb + 3 * slab, mask=mi, other=0.0)
+        h1, h2, h3, h4 = _load4(hb, slab, mi)
     else:
-        h1 = tl.zeros((BE, NP), tl.float32)
-        h2 = tl.zeros((BE, NP), tl.float32)
-        h3 = tl.zeros((BE, NP), tl.float32)
-        h4 = tl.zeros((BE, NP), tl.float32)
+        h1, h2, h3, h4 = _zeros4(BE, NP)
     run = tl.load(sst_ptr + (pb * NCH + pc) * E + offs_e, mask=me, other=0.0)
     dA_acc = tl.zeros((BE, NP), tl.float32)
 
-    k1 = tl.load(od_ptr + t0)
-    k2 = tl.load(od_ptr + L + t0)
-    k3 = tl.load(od_ptr + 2 * L + t0)
-    k4 = tl.load(od_ptr + 3 * L + t0)
+    k1, k2, k3, k4 = _codes(od_ptr, L, t0)
     tq = tl.minimum(t0 + 1, t1 - 1)
-    q1 = tl.load(od_ptr + tq)
-    q2 = tl.load(od_ptr + L + tq)
-    q3 = tl.load(od_ptr + 2 * L + tq)
-    q4 = tl.load(od_ptr + 3 * L + tq)
+    q1, q2, q3, q4 = _codes(od_ptr, L, tq)
     x = _row(dl_b, t0, sd_l, offs_e, me)
-    u1 = _row(u_b, k1 >> 3, su_l, offs_e, me)
-    u2 = _row(u_b, k2 >> 3, su_l, offs_e, me)
-    u3 = _row(u_b, k3 >> 3, su_l, offs_e, me)
-    u4 = _row(u_b, k4 >> 3, su_l, offs_e, me)
-    g1 = _row(g_b, k1 >> 3, sg_l, offs_e, me)
-    g2 = _row(g_b, k2 >> 3, sg_l, offs_e, me)
-    g3 = _row(g_b, k3 >> 3, sg_l, offs_e, me)
-    g4 = _row(g_b, k4 >> 3, sg_l, offs_e, me)
+    u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, offs_e, me)
+    g1, g2, g3, g4 = _gather(g_b, k1, k2, k3, k4, sg_l, offs_e, me)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
-        u1_n = _row(u_b, q1 >> 3, su_l, offs_e, me)
-        u2_n = _row(u_b, q2 >> 3, su_l, offs_e, me)
-        u3_n = _row(u_b, q3 >> 3, su_l, offs_e, me)
-        u4_n = _row(u_b, q4 >> 3, su_l, offs_e, me)
-        g1_n = _row(g_b, q1 >> 3, sg_l, offs_e, me)
-        g2_n = _row(g_b, q2 >> 3, sg_l, offs_e, me)
-        g3_n = _row(g_b, q3 >> 3, sg_l, offs_e, me)
-        g4_n = _row(g_b, q4 >> 3, sg_l, offs_e, me)
-        p1 = tl.load(od_ptr + tnn)
-        p2 = tl.load(od_ptr + L + tnn)
-        p3 = tl.load(od_ptr + 2 * L + tnn)
-        p4 = tl.load(od_ptr + 3 * L + tnn)
+        u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, offs_e, me)
+        g1_n, g2_n, g3_n, g4_n = _gather(g_b, q1, q2, q3, q4, sg_l, offs_e, me)
+        p1, p2, p3, p4 = _codes(od_ptr, L, tnn)
         row = (pb * L + t) * E + offs_e
         w_old = tl.load(w_ptr + row, mask=me, other=0.0)
 
@@ -838,7 +790,8 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         _launch(_zz_fwd_kernel, grid,
             u, delta, B, C, P, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
             batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
-            HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, STORE=store, num_warps=warps, **_regs("fwd"),
+            HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, STORE=store, num_warps=warps,
+            **_regs("fwd"),
         )  # fmt: skip
         _launch(_zz_carry_kernel, (n_e, batch),
             a2, hend, dsum, hin, dsum, channels, n_chunks, NP=np_, BE=block, REVERSE=False,
@@ -848,7 +801,8 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     _launch(_zz_fwd_kernel, grid,
         u, delta, B, C, P, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
         batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
-        HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, STORE=store, num_warps=warps, **_regs("fwd"),
+        HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, STORE=store, num_warps=warps,
+        **_regs("fwd"),
     )  # fmt: skip
     # The four slabs are summed in float32 (torch's reduction), rounded once to u's dtype.
     return (y.sum(0) if store else y.to(u.dtype)), hin
@@ -890,7 +844,8 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
             u, delta, Bp, Cp, P, a2, delta_bias, od, gy, du, du,
             du, gam, wbuf, dbp, dap, dirp, sst, plocal, dsum, *strides,
             batch, batch * length * channels, length, channels, chunk, n_chunks, n_e,
-            NP=np_, BE=block, HAS_CARRY=False, MAIN=False, STORE=store, num_warps=warps, **_regs("rev"),
+            NP=np_, BE=block, HAS_CARRY=False, MAIN=False, STORE=store, num_warps=warps,
+            **_regs("rev"),
         )  # fmt: skip
         rho = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=dev, dtype=f32)
         later = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
@@ -902,7 +857,8 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         u, delta, Bp, Cp, P, a2, delta_bias, od, gy, rho, later,
         du, gam, wbuf, dbp, dap, dirp, sst, du, du, *strides,
         batch, batch * length * channels, length, channels, chunk, n_chunks, n_e,
-        NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, num_warps=warps, **_regs("rev"),
+        NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, num_warps=warps,
+        **_regs("rev"),
     )  # fmt: skip
     _launch(_zz_bwd_fwd_kernel, grid,
         u, delta, Bp, Cp, P, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
