@@ -120,6 +120,54 @@ def bench_kernel(impl: str, args, backward: bool = True) -> List[dict]:
     return rows
 
 
+def bench_dwconv(args) -> List[dict]:
+    """The mixer's depthwise 7x7 conv + SiLU (E=384, bf16) per layer: cuDNN channels-last (the
+    model's old path), cuDNN NCHW, and the fused Triton op on token-major tensors."""
+    rows = []
+    channels, k = 384, 7
+    for batch, side in ((128, 14), (1, 64)):
+        length = side * side
+        conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels).cuda()
+        proj = torch.randn(batch, length, 2 * channels, device="cuda", dtype=torch.bfloat16)
+        variants = {}
+
+        def cudnn(fmt):
+            def fn(t):
+                img = t.reshape(batch, side, side, channels).permute(0, 3, 1, 2)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = F.silu(conv(img.contiguous(memory_format=fmt)))
+                return out.permute(0, 2, 3, 1).reshape(batch, length, channels)
+
+            return fn
+
+        variants["cudnn_nhwc"] = cudnn(torch.channels_last)
+        variants["cudnn_nchw"] = cudnn(torch.contiguous_format)
+        try:
+            from plainmamba.ops import dwconv2d_silu
+
+            variants["triton"] = lambda t: dwconv2d_silu(
+                t, conv.weight, conv.bias, (side, side), impl="triton"
+            )
+        except ImportError:
+            pass
+        for name, fn in variants.items():
+            x = proj[..., :channels]
+            with torch.no_grad():
+                ms = cuda_ms(lambda: fn(x), args.warmup, args.iters)
+            leaf = proj.detach().clone().requires_grad_()
+            gout = torch.randn(batch, length, channels, device="cuda", dtype=torch.bfloat16)
+
+            def fwd_bwd():
+                fn(leaf[..., :channels]).backward(gout)
+
+            ms_fb = cuda_ms(fwd_bwd, args.warmup, args.iters)
+            rows.append(dict(part="dwconv", impl=name, batch=batch, grid=f"{side}x{side}",
+                             fwd_ms=ms, fwd_bwd_ms=ms_fb))  # fmt: skip
+            print(f"dwconv {name:10s} B={batch:3d} {side}x{side}: fwd {ms:7.3f} ms  "
+                  f"fwd+bwd {ms_fb:7.3f} ms", flush=True)  # fmt: skip
+    return rows
+
+
 def build_l1(impl: str, drop_path: float = 0.0) -> nn.Module:
     from plainmamba.modeling import PlainMamba
 
@@ -163,6 +211,11 @@ def first_and_median(step: Callable[[], object], args, reset_peak: bool = False)
 
 def bench_infer(name: str, model: nn.Module, batch: int, size: int, args, mode: str) -> dict:
     model.eval()
+    # Inference compiles with inductor's freezing (--freeze): parameters become constants, so
+    # BatchNorm folds into the stem's convolutions.
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = bool(args.freeze and mode != "none")
     run = maybe_compile(model, mode)
     x = torch.randn(batch, 3, size, size, device="cuda")
 
@@ -171,8 +224,11 @@ def bench_infer(name: str, model: nn.Module, batch: int, size: int, args, mode: 
             return run(x)
 
     first, ms = first_and_median(step, args)
+    inductor_config.freezing = False
     row = dict(part="infer", impl=name, compile=mode, batch=batch, size=size, ms=ms,
-               images_per_s=batch * 1e3 / ms, first_call_s=first)  # fmt: skip
+               images_per_s=batch * 1e3 / ms, first_call_s=first,
+               freeze=bool(args.freeze and mode != "none"),
+               cudnn_benchmark=torch.backends.cudnn.benchmark)  # fmt: skip
     print(f"infer  {name:6s} {mode:15s} B={batch} {size}px: {ms:8.2f} ms  "
           f"{row['images_per_s']:9.0f} img/s", flush=True)  # fmt: skip
     return row
@@ -219,11 +275,12 @@ def bench_trunk(impl: str, args, mode: str, size: int = 1024) -> dict:
                 first_call_s=first)  # fmt: skip
 
 
-def profile_l1(impl: str, batch: int) -> dict:
-    """Eager L1 (infer, then a training step) under torch.profiler: GPU time per kernel."""
+def profile_l1(impl: str, batch: int, mode: str = "none") -> dict:
+    """L1 (infer, then a training step) under torch.profiler: GPU time per kernel. ``mode``
+    ``default`` profiles the torch.compile'd model (CUDA graphs would hide the kernels)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = build_l1(impl)
+    model = maybe_compile(build_l1(impl), mode)
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (batch,), device="cuda")
     rows = {}
@@ -245,15 +302,17 @@ def profile_l1(impl: str, batch: int) -> dict:
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14)
-        print(f"profile {impl} {part} B={batch} (3 calls)\n{table}", flush=True)
+        table = prof.key_averages().table(
+            sort_by="cuda_time_total", row_limit=32, max_name_column_width=100
+        )
+        print(f"profile {impl} {mode} {part} B={batch} (3 calls)\n{table}", flush=True)
         total = sum(e.device_time_total for e in prof.key_averages()) / 3e3
         rows[part] = dict(
             total_ms=total,
-            top={e.key[:80]: e.device_time_total / 3e3 for e in sorted(
-                prof.key_averages(), key=lambda e: -e.device_time_total)[:14]},
+            top={e.key[:100]: e.device_time_total / 3e3 for e in sorted(
+                prof.key_averages(), key=lambda e: -e.device_time_total)[:32]},
         )  # fmt: skip
-    return dict(part="profile", impl=impl, batch=batch, **rows)
+    return dict(part="profile", impl=impl, compile=mode, batch=batch, **rows)
 
 
 def pick_blocks(args, it, rows: List[dict], save, env: dict) -> None:
@@ -307,12 +366,20 @@ def main(argv: List[str] | None = None) -> int:
         default=None,
         help="Triton channels per program of the backward to compare (forward + backward)",
     )
+    parser.add_argument("--fwd-only", action="store_true", help="kernel part: forward only")
+    parser.add_argument(
+        "--freeze", type=int, default=1, help="compiled inference with inductor freezing (1/0)"
+    )
+    parser.add_argument(
+        "--cudnn-benchmark", type=int, default=1, help="torch.backends.cudnn.benchmark (1/0)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("PLAINMAMBA_TRITON_STATS", "1")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     rows: List[Dict] = []
     env = dict(
         gpu=torch.cuda.get_device_name(), torch=torch.__version__,
@@ -346,6 +413,12 @@ def main(argv: List[str] | None = None) -> int:
         torch.cuda.empty_cache()
         save()
 
+    if "dwconv" in args.parts:
+        try:
+            rows.extend(bench_dwconv(args))
+        except Exception as exc:
+            print(f"FAILED dwconv: {exc!r}", flush=True)
+        save()
     for impl in args.impls:
         if impl == "none":  # only the DeiT-Tiny figures
             continue
@@ -356,10 +429,11 @@ def main(argv: List[str] | None = None) -> int:
             if impl == "triton" and (args.blocks or args.bwd_blocks):
                 pick_blocks(args, it, rows, save, env)
             else:
-                rows.extend(bench_kernel(impl, it))
+                rows.extend(bench_kernel(impl, it, backward=not args.fwd_only))
                 save()
         if "profile" in args.parts:
-            guarded(profile_l1, impl, args.batch)
+            for mode in args.compile:
+                guarded(profile_l1, impl, args.batch, "default" if mode != "none" else mode)
         for mode in args.compile:
             if slow and mode != "none":
                 continue  # mamba-ssm's extension is opaque to torch.compile

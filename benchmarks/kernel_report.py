@@ -82,8 +82,9 @@ def main(argv: List[str] | None = None) -> int:
          dict(HAS_INIT=False, WRITE_Y=True, WRITE_STATE=False, STORE=True)),
         ("forward, chunked", zt._zz_fwd_kernel,
          dict(HAS_INIT=True, WRITE_Y=True, WRITE_STATE=False, STORE=True)),
-        ("backward reverse", zt._zz_bwd_rev_kernel, dict(HAS_CARRY=False, MAIN=True, STORE=True)),
-        ("backward forward", zt._zz_bwd_fwd_kernel, dict(HAS_INIT=False)),
+        ("backward reverse", zt._zz_bwd_rev_kernel,
+         dict(HAS_CARRY=False, MAIN=True, STORE=True, LANES=True)),
+        ("backward forward", zt._zz_bwd_fwd_kernel, dict(HAS_INIT=False, LANES=True)),
         ("chunk carry", zt._zz_carry_kernel, dict(REVERSE=True)),
     ]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,8 @@
 # tests on the GPU, the benchmarks (eager, then torch.compile while the build finishes), the
 # agreement with mamba-ssm and the training curves; logs and JSON go to $OUT. Every stage has a
 # time limit so that the whole script ends before $DEADLINE seconds.
-#   DEADLINE=540 STAGES="tests kernel eager graphs mamba curves deit" bash benchmarks/run_gpu.sh
+#   DEADLINE=540 STAGES="tests kernel eager graphs profile mamba curves deit" \
+#     bash benchmarks/run_gpu.sh
 # (run tool: carry [".whl"]). Stages run in that order; leave some out to split the work
 # between calls. TESTS_K selects tests (pytest -k); COMPARE_ATOMIC=0 skips the atomic variant.
 set -o pipefail
@@ -48,14 +49,15 @@ else
   BUILD_PID=$!
 fi
 
-has() { [[ " ${STAGES:-tests kernel eager graphs mamba curves deit} " == *" $1 "* ]]; }
+has() { [[ " ${STAGES:-tests kernel eager graphs profile mamba curves deit} " == *" $1 "* ]]; }
 if has tests; then
   stamp "triton tests on the GPU (with mamba-ssm agreement when its build was carried)"
-  run 150 60 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py ${TESTS_K:+-k "$TESTS_K"}
+  run 150 60 python3 -m pytest -q -x tests/test_zigzag_scan_triton.py tests/test_dwconv.py \
+    ${TESTS_K:+-k "$TESTS_K"}
 fi
 if has kernel; then
   stamp "kernel: one L1 layer; per-kernel GPU time of eager L1"
-  run 60 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel profile \
+  run 60 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel dwconv \
     --json "$OUT/bench.json"
   if [ "${COMPARE_ATOMIC:-1}" = 1 ]; then
     run 40 60 env PLAINMAMBA_TRITON_SCATTER=atomic python3 benchmarks/bench_gpu.py \
@@ -72,6 +74,11 @@ if has graphs; then
   stamp "L1 torch.compile + CUDA graphs: triton"
   run 300 20 env $B python3 benchmarks/bench_gpu.py --impls triton --parts infer train trunk \
     --compile reduce-overhead --json "$OUT/bench.json"
+fi
+if has profile; then
+  stamp "L1 under torch.compile (no CUDA graphs): GPU time per kernel"
+  run 200 20 env $B python3 benchmarks/bench_gpu.py --impls triton --parts profile \
+    --compile default --json "$OUT/bench.json"
 fi
 if [ -n "$BUILD_PID" ]; then
   stamp "waiting for the mamba-ssm build"

@@ -132,7 +132,14 @@ class PlainMambaMixer(nn.Module):
         xs = xs.reshape(batch, hw[0], hw[1], self.d_inner).permute(0, 3, 1, 2)
         xs = F.silu(self.conv2d(xs.contiguous(memory_format=torch.channels_last)))
         xs = xs.permute(0, 2, 3, 1).reshape(batch, length, self.d_inner)  # (B, L, E), raster
-        dt, Bs, Cs = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        sizes = [self.dt_rank, self.d_state, self.d_state]
+        weight = self.x_proj.weight
+        if xs.is_cuda and weight.shape[0] % 8:
+            # Output rows of dt_rank + 2N half-precision values (44 for N = 16) are not 16-byte
+            # aligned, which sends cuBLAS to a slow kernel; zero rows pad them to a multiple of 8.
+            weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % 8))
+            sizes.append(weight.shape[0] - sum(sizes))
+        dt, Bs, Cs = F.linear(xs, weight).split(sizes, dim=-1)[:3]
         # As released: dt_proj adds its bias here and the scan adds it again as delta_bias.
         dt = self.dt_proj(dt)
         A = -torch.exp(self.A_log.float())
