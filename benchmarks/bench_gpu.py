@@ -142,10 +142,15 @@ def bench_dwconv(args) -> List[dict]:
 
         variants["cudnn_nhwc"] = cudnn(torch.channels_last)
         variants["cudnn_nchw"] = cudnn(torch.contiguous_format)
-        try:
-            from plainmamba.ops import dwconv2d_silu
+        from plainmamba.ops import depthwise_conv
 
-            variants["triton"] = lambda t: dwconv2d_silu(
+        variants["triton"] = lambda t: depthwise_conv(
+            t, conv.weight, conv.bias, (side, side), silu=True, impl="triton"
+        )
+        try:
+            from plainmamba.ops.dwconv import dwconv2d_silu
+
+            variants["triton_b"] = lambda t: dwconv2d_silu(
                 t, conv.weight, conv.bias, (side, side), impl="triton"
             )
         except ImportError:

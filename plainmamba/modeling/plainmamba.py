@@ -17,7 +17,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from timm.layers import DropPath, trunc_normal_
 
-from ..ops import zigzag_scan
+from ..ops import depthwise_conv, zigzag_scan
 
 __all__ = ["PlainMamba", "PlainMambaLayer", "PlainMambaMixer", "ConvPatchEmbed", "check_images"]
 
@@ -128,10 +128,8 @@ class PlainMambaMixer(nn.Module):
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         batch, length, _ = x.shape
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        # Tokens viewed as a channels-last image: no copies around the depthwise conv.
-        xs = xs.reshape(batch, hw[0], hw[1], self.d_inner).permute(0, 3, 1, 2)
-        xs = F.silu(self.conv2d(xs.contiguous(memory_format=torch.channels_last)))
-        xs = xs.permute(0, 2, 3, 1).reshape(batch, length, self.d_inner)  # (B, L, E), raster
+        # The depthwise conv reads the tokens in place (a Triton kernel on CUDA); (B, L, E).
+        xs = depthwise_conv(xs, self.conv2d.weight, self.conv2d.bias, hw, silu=True)
         sizes = [self.dt_rank, self.d_state, self.d_state]
         weight = self.x_proj.weight
         if xs.is_cuda and weight.shape[0] % 8:

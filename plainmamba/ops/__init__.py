@@ -1,5 +1,6 @@
 """Operators of PlainMamba: each has a plain reference and fast paths chosen at runtime."""
 
+from .depthwise_conv import DWCONV_ENV_VAR, DWCONV_IMPLS, depthwise_conv, depthwise_conv_ref
 from .ms_deform_attn import MSDA_ENV_VAR, MSDA_IMPLS, ms_deform_attn, ms_deform_attn_ref
 from .scan_orders import scan_orders
 from .zigzag_scan import (
@@ -12,6 +13,12 @@ from .zigzag_scan import (
 )
 
 __all__ = [
+    "depthwise_conv",
+    "depthwise_conv_ref",
+    "DWCONV_IMPLS",
+    "DWCONV_ENV_VAR",
+    "DWCONV_IMPLS",
+    "DWCONV_ENV_VAR",
     "ms_deform_attn",
     "ms_deform_attn_ref",
     "MSDA_IMPLS",
