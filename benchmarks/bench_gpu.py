@@ -142,19 +142,11 @@ def bench_dwconv(args) -> List[dict]:
 
         variants["cudnn_nhwc"] = cudnn(torch.channels_last)
         variants["cudnn_nchw"] = cudnn(torch.contiguous_format)
-        from plainmamba.ops import depthwise_conv
+        from plainmamba.ops import dwconv2d_silu
 
-        variants["triton"] = lambda t: depthwise_conv(
-            t, conv.weight, conv.bias, (side, side), silu=True, impl="triton"
+        variants["triton"] = lambda t: dwconv2d_silu(
+            t, conv.weight, conv.bias, (side, side), impl="triton"
         )
-        try:
-            from plainmamba.ops.dwconv import dwconv2d_silu
-
-            variants["triton_b"] = lambda t: dwconv2d_silu(
-                t, conv.weight, conv.bias, (side, side), impl="triton"
-            )
-        except ImportError:
-            pass
         for name, fn in variants.items():
             x = proj[..., :channels]
             with torch.no_grad():
@@ -220,7 +212,8 @@ def bench_infer(name: str, model: nn.Module, batch: int, size: int, args, mode: 
     # BatchNorm folds into the stem's convolutions.
     import torch._inductor.config as inductor_config
 
-    inductor_config.freezing = bool(args.freeze and mode != "none")
+    freeze = bool(args.freeze and mode != "none")
+    inductor_config.freezing = freeze
     run = maybe_compile(model, mode)
     x = torch.randn(batch, 3, size, size, device="cuda")
 
@@ -232,7 +225,7 @@ def bench_infer(name: str, model: nn.Module, batch: int, size: int, args, mode: 
     inductor_config.freezing = False
     row = dict(part="infer", impl=name, compile=mode, batch=batch, size=size, ms=ms,
                images_per_s=batch * 1e3 / ms, first_call_s=first,
-               freeze=bool(args.freeze and mode != "none"),
+               freeze=freeze,
                cudnn_benchmark=torch.backends.cudnn.benchmark)  # fmt: skip
     print(f"infer  {name:6s} {mode:15s} B={batch} {size}px: {ms:8.2f} ms  "
           f"{row['images_per_s']:9.0f} img/s", flush=True)  # fmt: skip
@@ -428,7 +421,7 @@ def main(argv: List[str] | None = None) -> int:
         if impl == "none":  # only the DeiT-Tiny figures
             continue
         slow = impl in ("mamba", "ref")
-        it = argparse.Namespace(warmup=2 if slow else args.warmup,
+        it = argparse.Namespace(warmup=2 if slow else args.warmup, freeze=args.freeze,
                                 iters=args.slow_iters if slow else args.iters)  # fmt: skip
         if "kernel" in args.parts:
             if impl == "triton" and (args.blocks or args.bwd_blocks):

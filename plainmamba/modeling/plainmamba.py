@@ -17,7 +17,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from timm.layers import DropPath, trunc_normal_
 
-from ..ops import depthwise_conv, zigzag_scan
+from ..ops import dwconv2d_silu, zigzag_scan
 
 __all__ = ["PlainMamba", "PlainMambaLayer", "PlainMambaMixer", "ConvPatchEmbed", "check_images"]
 
@@ -129,7 +129,7 @@ class PlainMambaMixer(nn.Module):
         batch, length, _ = x.shape
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         # The depthwise conv reads the tokens in place (a Triton kernel on CUDA); (B, L, E).
-        xs = depthwise_conv(xs, self.conv2d.weight, self.conv2d.bias, hw, silu=True)
+        xs = dwconv2d_silu(xs, self.conv2d.weight, self.conv2d.bias, hw)
         sizes = [self.dt_rank, self.d_state, self.d_state]
         weight = self.x_proj.weight
         if xs.is_cuda and weight.shape[0] % 8:

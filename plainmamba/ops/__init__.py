@@ -1,6 +1,6 @@
 """Operators of PlainMamba: each has a plain reference and fast paths chosen at runtime."""
 
-from .depthwise_conv import DWCONV_ENV_VAR, DWCONV_IMPLS, depthwise_conv, depthwise_conv_ref
+from .dwconv import DWCONV_ENV_VAR, DWCONV_IMPLS, dwconv2d_silu, dwconv2d_silu_ref
 from .ms_deform_attn import MSDA_ENV_VAR, MSDA_IMPLS, ms_deform_attn, ms_deform_attn_ref
 from .scan_orders import scan_orders
 from .zigzag_scan import (
@@ -13,10 +13,8 @@ from .zigzag_scan import (
 )
 
 __all__ = [
-    "depthwise_conv",
-    "depthwise_conv_ref",
-    "DWCONV_IMPLS",
-    "DWCONV_ENV_VAR",
+    "dwconv2d_silu",
+    "dwconv2d_silu_ref",
     "DWCONV_IMPLS",
     "DWCONV_ENV_VAR",
     "ms_deform_attn",
