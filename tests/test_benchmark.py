@@ -118,3 +118,19 @@ def test_resolution_parsing():
     assert module.parse_resolution("800x1280") == (800, 1280)
     with pytest.raises(Exception, match="expected N or HxW"):
         module.parse_resolution("big")
+
+
+def test_compile_modes_parse():
+    spec = importlib.util.spec_from_file_location("plainmamba_benchmark_tool2", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    parse = module.get_parser().parse_args
+    assert parse([]).compile is None
+    assert parse(["--compile"]).compile == "default"
+    assert parse(["--compile", "reduce-overhead", "--mode", "train"]).compile == "reduce-overhead"
+    with pytest.raises(SystemExit):
+        parse(["--compile", "fastest"])

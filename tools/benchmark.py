@@ -42,6 +42,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "ImageNet", "plainmamba_l1_300e.py")
 DEIT = "deit_tiny_patch16_224"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compiled(module: torch.nn.Module, mode: Optional[str]) -> Any:
+    """``module`` itself (mode None) or ``torch.compile(module)`` in ``mode``."""
+    if mode is None:
+        return module
+    return torch.compile(module, mode=None if mode == "default" else mode)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -69,7 +77,10 @@ def get_parser() -> argparse.ArgumentParser:
     add("--warmup", type=int, default=5)
     add("--iters", type=int, default=30)
     add("--threads", type=int, default=None, help="torch CPU threads (default: 2 on CPU)")
-    add("--compile", action="store_true", help="torch.compile the timed function")
+    add(
+        "--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+        help="torch.compile the timed function; optional mode (reduce-overhead: CUDA graphs)",
+    )  # fmt: skip
     add(
         "--compare-deit", action=argparse.BooleanOptionalAction, default=None,
         help="also time timm's DeiT-Tiny at 224 (default: on for CPU inference of a classifier)",
@@ -240,7 +251,7 @@ def make_step(
     hw: Tuple[int, int],
     device: torch.device,
     amp: Optional[torch.dtype],
-    compile_model: bool,
+    compile_mode: Optional[str],
 ) -> Callable[[], Any]:
     """The function timed for one iteration (its inputs are made once, here)."""
     from plainmamba.modeling import PIXEL_MEAN, PIXEL_STD
@@ -274,7 +285,7 @@ def make_step(
                     return self.model.head(self.model.backbone.forward_features(x)[0])
 
             forward_module = _ClsForward()
-        fn = torch.compile(forward_module) if compile_model else forward_module
+        fn = compiled(forward_module, compile_mode)
         labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
 
         def forward():
@@ -307,7 +318,7 @@ def make_step(
                     device
                 )
             records.append(record)
-        fn = torch.compile(model) if compile_model else model
+        fn = compiled(model, compile_mode)
         from detectron2.utils.events import EventStorage
 
         storage = EventStorage(0)  # Detectron2's training heads log into one
@@ -538,7 +549,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(
         f"# {config_name} | {args.model} | {args.device} ({device_name}) | amp {args.amp} | "
         f"{torch.get_num_threads()} threads | torch {torch.__version__}"
-        + (" | compiled" if args.compile else "")
+        + (f" | compiled ({args.compile})" if args.compile else "")
     )
 
     skipped = []
