@@ -14,8 +14,9 @@ shuffles. B_t and C_t are loaded as (N,) rows and broadcast. ``benchmarks/kernel
 prints the layouts, shuffles and registers without a GPU.
 
 Writes. Each scan visits every token once, so by default (``$PLAINMAMBA_TRITON_SCATTER=store``)
-it writes ``y_k + D * u`` to its own (batch, L, E) slab and the four slabs are summed afterwards:
-deterministic, no atomics (``atomic`` adds into one float32 buffer instead). A step's writes
+it writes ``y_k + D * u`` to its own (batch, L, E) slab and the four slabs are summed afterwards
+in PyTorch, where torch.compile fuses the sum into the next elementwise op: deterministic, no
+atomics (``atomic`` adds into one float32 buffer instead). A step's writes
 come after all of its loads, because the compiler may not move a load above a write to memory
 that could alias it. The visited tokens and move codes are computed on the device from (H, W)
 at every call, so nothing is cached on the device (CUDA graphs could not replay a cached
