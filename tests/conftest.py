@@ -36,3 +36,26 @@ def run_script(args, data_root, timeout=600):
         timeout=timeout,
     )
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def in_interpreter_child(child_env: str) -> bool:
+    """True inside the child process started by :func:`run_under_triton_interpreter`."""
+    return os.environ.get(child_env) == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def run_under_triton_interpreter(test_file: str, child_env: str) -> None:
+    """Run every case of ``test_file`` on CPU through Triton's interpreter, in a fresh process.
+
+    ``TRITON_INTERPRET`` must be set before Triton itself is imported, which this process may
+    already have done for other tests. Asserts that the child passed and skipped nothing.
+    """
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    env[child_env] = "1"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    report = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, report
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, report

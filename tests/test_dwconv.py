@@ -7,23 +7,20 @@ have done for other tests.
 """
 
 import importlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import in_interpreter_child, run_under_triton_interpreter
 import plainmamba.ops.dwconv as dw
 from plainmamba.ops import DWCONV_ENV_VAR, DWCONV_IMPLS, dwconv2d_silu, dwconv2d_silu_ref
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 _CHILD_ENV = "PLAINMAMBA_DWCONV_INTERPRETER_CHILD"
-IN_CHILD = os.environ.get(_CHILD_ENV) == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+IN_CHILD = in_interpreter_child(_CHILD_ENV)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -111,14 +108,7 @@ if not (CUDA or IN_CHILD):
 
     def test_kernels_under_triton_interpreter():
         """Every case of this file, on CPU through the interpreter, in a fresh interpreter."""
-        env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-        env[_CHILD_ENV] = "1"
-        repo = Path(__file__).resolve().parents[1]
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
-        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-        report = proc.stdout[-6000:] + proc.stderr[-3000:]
-        assert proc.returncode == 0, report
-        assert " passed" in proc.stdout and "skipped" not in proc.stdout, report
+        run_under_triton_interpreter(__file__, _CHILD_ENV)
 
 else:
     dt = importlib.import_module("plainmamba.ops.dwconv_triton")

@@ -25,13 +25,13 @@ as a constant by ``torch.compile``; set the variable before the first forward.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from ._switch import requested_path, triton_importable, triton_interpreted
 
 __all__ = [
     "dwconv2d_silu",
@@ -96,19 +96,11 @@ def dwconv2d_silu_ref(
     return out.permute(0, 2, 3, 1).reshape(batch, length, channels)
 
 
-def _triton_importable() -> bool:
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):
-        return False
+_triton_importable = triton_importable
 
 
 def _triton_interpreted() -> bool:
-    """True when the Triton kernels run (or will run) on CPU tensors through the interpreter."""
-    module = sys.modules.get(_TRITON_MODULE)
-    if module is not None:
-        return bool(getattr(module, "INTERPRETED", False))
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" and _triton_importable()
+    return triton_interpreted(_TRITON_MODULE)
 
 
 def resolve_dwconv_impl(impl: Optional[str], device: torch.device) -> str:
@@ -117,13 +109,7 @@ def resolve_dwconv_impl(impl: Optional[str], device: torch.device) -> str:
     Raises ``ValueError`` for an unknown name or a device the path cannot run on, and
     ``RuntimeError`` with an install hint when Triton is requested but not installed.
     """
-    requested = (impl or os.environ.get(DWCONV_ENV_VAR) or "auto").strip().lower()
-    if requested not in DWCONV_IMPLS:
-        source = "impl argument" if impl else f"${DWCONV_ENV_VAR}"
-        raise ValueError(
-            f"unknown depthwise-conv implementation {requested!r} (from the {source}); "
-            f"choose one of {', '.join(DWCONV_IMPLS)}"
-        )
+    requested = requested_path(impl, DWCONV_ENV_VAR, DWCONV_IMPLS, "depthwise-conv")
     if requested == "auto":
         if device.type == "cuda" and _triton_importable():
             return "triton"
@@ -163,8 +149,8 @@ def _resolve_cached(impl: Optional[str], device_type: str) -> Tuple[str, bool]:
     key = f"{impl}|{os.environ.get(DWCONV_ENV_VAR)}|{device_type}"
     found = _RESOLVED.get(key)
     if found is None:
-        requested = (impl or os.environ.get(DWCONV_ENV_VAR) or "auto").strip().lower()
         name = resolve_dwconv_impl(impl, torch.device(device_type))
+        requested = requested_path(impl, DWCONV_ENV_VAR, DWCONV_IMPLS, "depthwise-conv")
         found = _RESOLVED[key] = (name, requested != "auto")
     return found
 

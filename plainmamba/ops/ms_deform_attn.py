@@ -22,11 +22,12 @@ Paths, chosen by ``impl=`` or ``$PLAINMAMBA_MSDA``:
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from ._switch import requested_path
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_ref", "MSDA_IMPLS", "MSDA_ENV_VAR", "check_inputs"]
 
@@ -106,13 +107,7 @@ _IMPLS: Dict[str, Callable[..., torch.Tensor]] = {"ref": ms_deform_attn_ref}
 
 def resolve_msda_impl(impl: Optional[str]) -> str:
     """Turn ``impl`` (or ``$PLAINMAMBA_MSDA``, or ``auto``) into a concrete path name."""
-    requested = (impl or os.environ.get(MSDA_ENV_VAR) or "auto").strip().lower()
-    if requested not in MSDA_IMPLS:
-        source = "impl argument" if impl else f"${MSDA_ENV_VAR}"
-        raise ValueError(
-            f"unknown deformable-attention implementation {requested!r} (from the {source}); "
-            f"choose one of {', '.join(MSDA_IMPLS)}"
-        )
+    requested = requested_path(impl, MSDA_ENV_VAR, MSDA_IMPLS, "deformable-attention")
     return "ref" if requested == "auto" else requested
 
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import warnings
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ._switch import requested_path, triton_importable, triton_interpreted
 from .scan_orders import scan_orders
 
 __all__ = [
@@ -122,11 +122,7 @@ def _mamba_available() -> bool:
         return False
 
 
-def _triton_importable() -> bool:
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):
-        return False
+_triton_importable = triton_importable
 
 
 def _triton_available() -> bool:
@@ -134,11 +130,7 @@ def _triton_available() -> bool:
 
 
 def _triton_interpreted() -> bool:
-    """True when the Triton kernels run (or will run) on CPU tensors through the interpreter."""
-    module = sys.modules.get(_TRITON_MODULE)
-    if module is not None:
-        return bool(getattr(module, "INTERPRETED", False))
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" and _triton_importable()
+    return triton_interpreted(_TRITON_MODULE)
 
 
 def available_impls() -> Tuple[str, ...]:
@@ -163,14 +155,7 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
     ``RuntimeError`` with an install hint when a requested path is not installed.
     """
     global _warned_fallback
-    requested = impl or os.environ.get(ENV_VAR) or "auto"
-    requested = requested.strip().lower()
-    if requested not in SCAN_IMPLS:
-        source = "impl argument" if impl else f"${ENV_VAR}"
-        raise ValueError(
-            f"unknown selective-scan implementation {requested!r} (from the {source}); "
-            f"choose one of {', '.join(SCAN_IMPLS)}"
-        )
+    requested = requested_path(impl, ENV_VAR, SCAN_IMPLS, "selective-scan")
     if requested == "auto":
         if device.type == "cuda" and _triton_available():
             return "triton"
