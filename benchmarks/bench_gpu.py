@@ -313,6 +313,71 @@ def profile_l1(impl: str, batch: int, mode: str = "none") -> dict:
     return dict(part="profile", impl=impl, compile=mode, batch=batch, **rows)
 
 
+def scan_kernel_us(inp: dict, backward: bool, calls: int = 5) -> Dict[str, float]:
+    """GPU microseconds per call of each Triton scan kernel (torch.profiler), batch 128."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from plainmamba.ops import zigzag_scan
+
+    leaves = {k: v.detach().clone().requires_grad_(backward) for k, v in inp.items() if k != "hw"}
+    gout = torch.randn_like(inp["u"])
+
+    def step():
+        with torch.set_grad_enabled(backward):
+            y = zigzag_scan(**leaves, hw=inp["hw"], impl="triton")
+            if backward:
+                y.backward(gout)
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            step()
+        torch.cuda.synchronize()
+    return {
+        e.key: e.device_time_total / calls
+        for e in prof.key_averages()
+        if e.key.startswith("_zz_") and e.key != "_zz_table_kernel"
+    }
+
+
+def sweep_scans(args, rows: List[dict], save, env: dict) -> None:
+    """Per-kernel GPU time of the scan kernels for each ``--scans`` setting (scans per program,
+    optionally ``@`` register caps); the fastest setting of each kernel is then kept in the
+    environment for the model parts."""
+    from plainmamba.ops import zigzag_scan_triton as zt
+
+    inp = layer_inputs(128, 14)
+    best: Dict[str, tuple] = {}
+    for setting in args.scans:
+        scans, _, caps = setting.partition("@")
+        os.environ[zt.SCANS_ENV] = scans
+        os.environ[zt.MAXNREG_ENV] = caps
+        try:
+            us = scan_kernel_us(inp, backward=True)
+        except Exception as exc:
+            print(f"FAILED scans {setting}: {exc!r}", flush=True)
+            rows.append(dict(failed=f"scans {setting}: {exc!r}"[:500]))
+            continue
+        stats = {k: v for k, v in zt.KERNEL_STATS.items()}
+        rows.append(dict(part="scans", setting=setting, us=us, stats=stats))
+        save()
+        print(f"scans {setting:28s} " + "  ".join(f"{k} {v:7.1f} us" for k, v in us.items()),
+              flush=True)  # fmt: skip
+        for kernel, name in (("fwd", "_zz_fwd_kernel"), ("rev", "_zz_bwd_rev_kernel"),
+                             ("bf", "_zz_bwd_fwd_kernel")):  # fmt: skip
+            if name in us and (kernel not in best or us[name] < best[kernel][0]):
+                best[kernel] = (us[name], zt.scans_per_program(kernel), zt.max_registers(kernel))
+    scans = ",".join(f"{k}:{v[1]}" for k, v in best.items())
+    caps = ",".join(f"{k}:{v[2]}" for k, v in best.items())
+    os.environ[zt.SCANS_ENV], os.environ[zt.MAXNREG_ENV] = scans, caps
+    env[zt.SCANS_ENV], env[zt.MAXNREG_ENV] = scans, caps
+    print(f"using {zt.SCANS_ENV}={scans} {zt.MAXNREG_ENV}={caps}", flush=True)
+    if args.pick_file:  # for the later stages of benchmarks/run_gpu.sh (other processes)
+        with open(args.pick_file, "w") as f:
+            f.write(f"export {zt.SCANS_ENV}={scans} {zt.MAXNREG_ENV}={caps}\n")
+
+
 def pick_blocks(args, it, rows: List[dict], save, env: dict) -> None:
     """Time the forward for each ``--blocks`` and forward + backward for each ``--bwd-blocks``;
     keep the fastest of each (batch 128) in the environment for the model parts."""
@@ -365,6 +430,11 @@ def main(argv: List[str] | None = None) -> int:
         help="Triton channels per program of the backward to compare (forward + backward)",
     )
     parser.add_argument("--fwd-only", action="store_true", help="kernel part: forward only")
+    parser.add_argument(
+        "--scans", nargs="+", default=None,
+        help="settings of $PLAINMAMBA_TRITON_SCANS to compare (e.g. fwd:4,rev:2,bf:2, with"
+        " @rev:168 for register caps); the fastest per kernel is used for the model parts",
+    )  # fmt: skip
     parser.add_argument(
         "--freeze", type=int, default=1, help="compiled inference with inductor freezing (1/0)"
     )
@@ -423,6 +493,8 @@ def main(argv: List[str] | None = None) -> int:
         slow = impl in ("mamba", "ref")
         it = argparse.Namespace(warmup=2 if slow else args.warmup, freeze=args.freeze,
                                 iters=args.slow_iters if slow else args.iters)  # fmt: skip
+        if impl == "triton" and args.scans:
+            sweep_scans(args, rows, save, env)
         if "kernel" in args.parts:
             if impl == "triton" and (args.blocks or args.bwd_blocks):
                 pick_blocks(args, it, rows, save, env)

@@ -73,18 +73,24 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--block", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--states", type=int, default=16)
     parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--scans", type=int, nargs="+", default=[4, 2, 1],
+                        help="scans per program of the scan kernels")  # fmt: skip
     args = parser.parse_args(argv)
 
     from plainmamba.ops import zigzag_scan_triton as zt
 
-    kernels = [
-        ("forward", zt._zz_fwd_kernel,
-         dict(HAS_INIT=False, WRITE_Y=True, WRITE_STATE=False, STORE=True)),
+    kernels = []
+    for s in args.scans:
+        kernels += [
+            (f"forward S={s}", zt._zz_fwd_kernel,
+             dict(S=s, HAS_INIT=False, WRITE_Y=True, WRITE_STATE=False, STORE=True)),
+            (f"bwd reverse S={s}", zt._zz_bwd_rev_kernel,
+             dict(S=s, HAS_CARRY=False, MAIN=True, STORE=True, LANES=True)),
+            (f"bwd forward S={s}", zt._zz_bwd_fwd_kernel, dict(S=s, HAS_INIT=False, LANES=True)),
+        ]  # fmt: skip
+    kernels += [
         ("forward, chunked", zt._zz_fwd_kernel,
-         dict(HAS_INIT=True, WRITE_Y=True, WRITE_STATE=False, STORE=True)),
-        ("backward reverse", zt._zz_bwd_rev_kernel,
-         dict(HAS_CARRY=False, MAIN=True, STORE=True, LANES=True)),
-        ("backward forward", zt._zz_bwd_fwd_kernel, dict(HAS_INIT=False, LANES=True)),
+         dict(S=4, HAS_INIT=True, WRITE_Y=True, WRITE_STATE=False, STORE=True)),
         ("chunk carry", zt._zz_carry_kernel, dict(REVERSE=True)),
     ]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +98,7 @@ def main(argv: List[str] | None = None) -> int:
             for name, fn, flags in kernels:
                 const = dict(NP=args.states, BE=block, **flags)
                 r = compile_report(fn, const, zt._num_warps(block), tmp, args.stages)
-                print(f"BE={block:3d} {name:17s} regs={r['registers']} spill={r['spill_bytes']}B "
+                print(f"BE={block:3d} {name:18s} regs={r['registers']} spill={r['spill_bytes']}B "
                       f"shfl={r['shuffles']} bar={r['barriers']}")  # fmt: skip
                 for layout in r["layouts"]:
                     print(f"      {layout}")

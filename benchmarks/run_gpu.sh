@@ -6,8 +6,9 @@
 # time limit so that the whole script ends before $DEADLINE seconds.
 #   DEADLINE=540 STAGES="tests kernel eager graphs profile mamba curves deit" \
 #     bash benchmarks/run_gpu.sh
-# (run tool: carry [".whl"]). Stages run in that order; leave some out to split the work
-# between calls. TESTS_K selects tests (pytest -k); COMPARE_ATOMIC=0 skips the atomic variant.
+# (run tool: carry [".whl"]). SCANS="fwd:4,rev:4,bf:4 fwd:2,rev:1,bf:1@rev:168" compares
+# scans-per-program settings in the kernel stage. Stages run in that order; leave some out to
+# split the work between calls. TESTS_K selects tests (pytest -k); COMPARE_ATOMIC=0 skips the atomic variant.
 set -o pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 OUT=${OUT:-/tmp/out}
@@ -57,8 +58,11 @@ if has tests; then
 fi
 if has kernel; then
   stamp "kernel: one L1 layer; per-kernel GPU time of eager L1"
-  run 60 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel dwconv \
-    --json "$OUT/bench.json"
+  # SCANS: settings of $PLAINMAMBA_TRITON_SCANS to compare; the fastest per kernel is kept for
+  # the later stages (bench_gpu.py --scans).
+  run 90 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel dwconv \
+    ${SCANS:+--scans $SCANS --pick-file /tmp/scans.env} --json "$OUT/bench.json"
+  [ -f /tmp/scans.env ] && . /tmp/scans.env && env | grep PLAINMAMBA_TRITON | tee -a "$LOG"
   if [ "${COMPARE_ATOMIC:-1}" = 1 ]; then
     run 40 60 env PLAINMAMBA_TRITON_SCATTER=atomic python3 benchmarks/bench_gpu.py \
       --impls triton --parts kernel --json "$OUT/bench.json"

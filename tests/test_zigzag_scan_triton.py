@@ -117,6 +117,19 @@ else:
         for name, ref in g_ref.items():
             assert rel_err(grads[name], ref) < 2e-4, name
 
+    @pytest.mark.parametrize("scans", ["fwd:1,rev:1,bf:1", "fwd:2,rev:4,bf:1", "fwd:4,rev:2,bf:4"])
+    def test_scans_per_program(scans, chunk, monkeypatch):
+        """Programs running 1, 2 or 4 of the scans (and different splits in the two backward
+        passes, whose partial sums are kept apart) give the same results, chunked too."""
+        chunk(8)
+        monkeypatch.setenv(zt.SCANS_ENV, scans)
+        inputs = make_inputs(2, 5, 7, 40, 16)
+        y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
+        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
+        assert rel_err(y, y_ref) < 1e-5
+        for name, ref in g_ref.items():
+            assert rel_err(grads[name], ref) < 2e-4, name
+
     def test_switches_reject_bad_values(monkeypatch):
         monkeypatch.setenv(zt.SCATTER_ENV, "scatter")
         with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_SCATTER"):
@@ -126,6 +139,9 @@ else:
             zt.max_registers("fwd")
         monkeypatch.setenv(zt.MAXNREG_ENV, "bf:192")
         assert zt.max_registers("bf") == 192 and zt.max_registers("fwd") == 160
+        monkeypatch.setenv(zt.SCANS_ENV, "rev:3")
+        with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_SCANS.*rev:2"):
+            zt.scans_per_program("rev")
         monkeypatch.setenv(zt.BLOCK_ENV, "48")
         with pytest.raises(ValueError, match="power of two"):
             zt.block_channels()

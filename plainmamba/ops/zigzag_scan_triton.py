@@ -108,31 +108,35 @@ def _row(base, t, stride, offs, mask):
 
 
 @triton.jit
-def _codes(od_ptr, L, t):
-    # The four scans' packed ``token << 3 | code`` at step t.
-    return (
-        tl.load(od_ptr + t), tl.load(od_ptr + L + t), tl.load(od_ptr + 2 * L + t),
-        tl.load(od_ptr + 3 * L + t),
-    )  # fmt: skip
+def _codes(od_ptr, L, t, S: tl.constexpr):
+    # The packed ``token << 3 | code`` at step t of the program's S scans (od_ptr points at its
+    # first scan's row); the values of scans it does not run repeat the first and go unused.
+    k1 = tl.load(od_ptr + t)
+    k2 = k1
+    k3 = k1
+    k4 = k1
+    if S >= 2:
+        k2 = tl.load(od_ptr + L + t)
+    if S >= 4:
+        k3 = tl.load(od_ptr + 2 * L + t)
+        k4 = tl.load(od_ptr + 3 * L + t)
+    return k1, k2, k3, k4
 
 
 @triton.jit
-def _gather(base, k1, k2, k3, k4, stride, offs_e, me):
-    # The channel rows of the tokens that the four scans visit (from their packed codes).
-    return (
-        _row(base, k1 >> 3, stride, offs_e, me), _row(base, k2 >> 3, stride, offs_e, me),
-        _row(base, k3 >> 3, stride, offs_e, me), _row(base, k4 >> 3, stride, offs_e, me),
-    )  # fmt: skip
-
-
-@triton.jit
-def _gather_slabs(base, k1, k2, k3, k4, stride, kstride, offs_e, me):
-    # Like _gather, from four per-scan slabs ``kstride`` apart (0 when all four are one tensor).
-    return (
-        _row(base, k1 >> 3, stride, offs_e, me), _row(base + kstride, k2 >> 3, stride, offs_e, me),
-        _row(base + 2 * kstride, k3 >> 3, stride, offs_e, me),
-        _row(base + 3 * kstride, k4 >> 3, stride, offs_e, me),
-    )  # fmt: skip
+def _gather(base, k1, k2, k3, k4, stride, kstride, offs_e, me, S: tl.constexpr):
+    # The channel rows of the tokens that the program's scans visit (from their packed codes),
+    # from per-scan slabs ``kstride`` apart (0 when all scans read one tensor).
+    v1 = _row(base, k1 >> 3, stride, offs_e, me)
+    v2 = v1
+    v3 = v1
+    v4 = v1
+    if S >= 2:
+        v2 = _row(base + kstride, k2 >> 3, stride, offs_e, me)
+    if S >= 4:
+        v3 = _row(base + 2 * kstride, k3 >> 3, stride, offs_e, me)
+        v4 = _row(base + 3 * kstride, k4 >> 3, stride, offs_e, me)
+    return v1, v2, v3, v4
 
 
 @triton.jit
@@ -224,21 +228,28 @@ def _zeros4(BE: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
-def _load4(ptr, slab, mask):
-    # Four (BE, NP) state tiles, one per scan, ``slab`` apart.
-    return (
-        tl.load(ptr, mask=mask, other=0.0), tl.load(ptr + slab, mask=mask, other=0.0),
-        tl.load(ptr + 2 * slab, mask=mask, other=0.0),
-        tl.load(ptr + 3 * slab, mask=mask, other=0.0),
-    )  # fmt: skip
+def _load4(ptr, slab, mask, S: tl.constexpr):
+    # The (BE, NP) state tiles of the program's S scans, ``slab`` apart (zeros for the others).
+    h1 = tl.load(ptr, mask=mask, other=0.0)
+    h2 = tl.zeros_like(h1)
+    h3 = h2
+    h4 = h2
+    if S >= 2:
+        h2 = tl.load(ptr + slab, mask=mask, other=0.0)
+    if S >= 4:
+        h3 = tl.load(ptr + 2 * slab, mask=mask, other=0.0)
+        h4 = tl.load(ptr + 3 * slab, mask=mask, other=0.0)
+    return h1, h2, h3, h4
 
 
 @triton.jit
-def _store4(ptr, slab, mask, h1, h2, h3, h4):
+def _store4(ptr, slab, mask, h1, h2, h3, h4, S: tl.constexpr):
     tl.store(ptr, h1, mask=mask)
-    tl.store(ptr + slab, h2, mask=mask)
-    tl.store(ptr + 2 * slab, h3, mask=mask)
-    tl.store(ptr + 3 * slab, h4, mask=mask)
+    if S >= 2:
+        tl.store(ptr + slab, h2, mask=mask)
+    if S >= 4:
+        tl.store(ptr + 2 * slab, h3, mask=mask)
+        tl.store(ptr + 3 * slab, h4, mask=mask)
 
 
 @triton.jit
@@ -260,22 +271,28 @@ def _fwd_dir(h, dA, dt, uk, bkv, Cv, Dv):
 
 
 @triton.jit
-def _put_rows(out_b, slab, E, offs_e, me, k1, v1, k2, v2, k3, v3, k4, v4, STORE: tl.constexpr):
+def _put_row(ptr, tok, E, offs_e, me, v, STORE: tl.constexpr):
+    if STORE:
+        tl.store(ptr + tok.to(tl.int64) * E + offs_e, v.to(ptr.dtype.element_ty), mask=me)
+    else:
+        tl.atomic_add(ptr + tok.to(tl.int64) * E + offs_e, v, mask=me, sem="relaxed")
+
+
+@triton.jit
+def _put_rows(out_b, slab, E, offs_e, me, k1, v1, k2, v2, k3, v3, k4, v4,
+              S: tl.constexpr, STORE: tl.constexpr):  # fmt: skip
     # A step's writes all come after its loads: the compiler may not move a load above a write
     # to memory that could alias it, so a load behind a write pays its full latency.
     # STORE: each scan writes its own (batch, L, E) slab (each visits every token once), summed
-    # afterwards; otherwise the four add into one buffer with atomics.
-    if STORE:
-        ty = out_b.dtype.element_ty
-        tl.store(out_b + k1.to(tl.int64) * E + offs_e, v1.to(ty), mask=me)
-        tl.store(out_b + slab + k2.to(tl.int64) * E + offs_e, v2.to(ty), mask=me)
-        tl.store(out_b + 2 * slab + k3.to(tl.int64) * E + offs_e, v3.to(ty), mask=me)
-        tl.store(out_b + 3 * slab + k4.to(tl.int64) * E + offs_e, v4.to(ty), mask=me)
-    else:
-        tl.atomic_add(out_b + k1.to(tl.int64) * E + offs_e, v1, mask=me, sem="relaxed")
-        tl.atomic_add(out_b + k2.to(tl.int64) * E + offs_e, v2, mask=me, sem="relaxed")
-        tl.atomic_add(out_b + k3.to(tl.int64) * E + offs_e, v3, mask=me, sem="relaxed")
-        tl.atomic_add(out_b + k4.to(tl.int64) * E + offs_e, v4, mask=me, sem="relaxed")
+    # afterwards; otherwise the scans add into one buffer with atomics.
+    if not STORE:  # one buffer
+        slab = 0
+    _put_row(out_b, k1, E, offs_e, me, v1, STORE)
+    if S >= 2:
+        _put_row(out_b + slab, k2, E, offs_e, me, v2, STORE)
+    if S >= 4:
+        _put_row(out_b + 2 * slab, k3, E, offs_e, me, v3, STORE)
+        _put_row(out_b + 3 * slab, k4, E, offs_e, me, v4, STORE)
 
 
 @triton.jit
@@ -284,11 +301,16 @@ def _zz_fwd_kernel(
     y_ptr, hin_ptr, hend_ptr, dsum_ptr,
     su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l,
     YSLAB, L, E, T, NCH,
-    NP: tl.constexpr, BE: tl.constexpr,
+    NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_STATE: tl.constexpr, STORE: tl.constexpr,
 ):  # fmt: skip
-    """Forward over one chunk: outputs (WRITE_Y) and/or the chunk's end state (WRITE_STATE)."""
-    pe = tl.program_id(0)
+    """Forward over one chunk: outputs (WRITE_Y) and/or the chunk's end state (WRITE_STATE).
+
+    A program runs S of the four scans (S = 1, 2, 4): program ``i`` along axis 0 takes channel
+    block ``i // (4 // S)`` and scans from ``(i % (4 // S)) * S``.
+    """
+    pe = tl.program_id(0) // (4 // S)
+    k0 = (tl.program_id(0) % (4 // S)) * S  # the program's first scan
     pc = tl.program_id(1)
     pb = tl.program_id(2).to(tl.int64)
     t0 = pc * T
@@ -308,41 +330,49 @@ def _zz_fwd_kernel(
     b_b = b_ptr + pb * sb_b
     c_b = c_ptr + pb * sc_b
     y_b = y_ptr + pb * L * E
+    if STORE:  # the program's first scan's slab (atomics add into one buffer)
+        y_b += k0 * YSLAB
+    od_k = od_ptr + k0 * L
     slab = NP * E
     if HAS_INIT:
-        hb = hin_ptr + (pb * (NCH - 1) + pc - 1) * 4 * slab + st
+        hb = hin_ptr + ((pb * (NCH - 1) + pc - 1) * 4 + k0) * slab + st
         mi = m2 & (pc > 0)
-        h1, h2, h3, h4 = _load4(hb, slab, mi)
+        h1, h2, h3, h4 = _load4(hb, slab, mi, S)
     else:
         h1, h2, h3, h4 = _zeros4(BE, NP)
     dsum = tl.zeros((BE,), tl.float32)
 
     # Software pipelining by hand: scan codes two steps ahead, rows one step ahead.
-    k1, k2, k3, k4 = _codes(od_ptr, L, t0)
+    k1, k2, k3, k4 = _codes(od_k, L, t0, S)
     tq = tl.minimum(t0 + 1, t1 - 1)
-    q1, q2, q3, q4 = _codes(od_ptr, L, tq)
+    q1, q2, q3, q4 = _codes(od_k, L, tq, S)
     x = _row(dl_b, t0, sd_l, offs_e, me)
     Bc = _vec(b_b, t0, sb_l, offs_n)
     Cc = _vec(c_b, t0, sc_l, offs_n)
-    u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, offs_e, me)
+    u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, 0, offs_e, me, S)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
         B_n = _vec(b_b, tn, sb_l, offs_n)
         C_n = _vec(c_b, tn, sc_l, offs_n)
-        u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, offs_e, me)
-        r1, r2, r3, r4 = _codes(od_ptr, L, tnn)
+        u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, 0, offs_e, me, S)
+        r1, r2, r3, r4 = _codes(od_k, L, tnn, S)
 
         dt = _softplus(x + bias)
         dA = tl.exp2(dt[:, None] * A2)
         h1, y1 = _fwd_dir(h1, dA, dt, u1, _bk(Bc, p_ptr, k1, offs_n, NP), Cc, Dv)
-        h2, y2 = _fwd_dir(h2, dA, dt, u2, _bk(Bc, p_ptr, k2, offs_n, NP), Cc, Dv)
-        h3, y3 = _fwd_dir(h3, dA, dt, u3, _bk(Bc, p_ptr, k3, offs_n, NP), Cc, Dv)
-        h4, y4 = _fwd_dir(h4, dA, dt, u4, _bk(Bc, p_ptr, k4, offs_n, NP), Cc, Dv)
+        y2 = y1
+        y3 = y1
+        y4 = y1
+        if S >= 2:
+            h2, y2 = _fwd_dir(h2, dA, dt, u2, _bk(Bc, p_ptr, k2, offs_n, NP), Cc, Dv)
+        if S >= 4:
+            h3, y3 = _fwd_dir(h3, dA, dt, u3, _bk(Bc, p_ptr, k3, offs_n, NP), Cc, Dv)
+            h4, y4 = _fwd_dir(h4, dA, dt, u4, _bk(Bc, p_ptr, k4, offs_n, NP), Cc, Dv)
         if WRITE_Y:
             _put_rows(y_b, YSLAB, E, offs_e, me,
-                      k1 >> 3, y1, k2 >> 3, y2, k3 >> 3, y3, k4 >> 3, y4, STORE)  # fmt: skip
+                      k1 >> 3, y1, k2 >> 3, y2, k3 >> 3, y3, k4 >> 3, y4, S, STORE)  # fmt: skip
         if WRITE_STATE:
             dsum += dt
 
@@ -362,9 +392,10 @@ def _zz_fwd_kernel(
         q3 = r3
         q4 = r4
     if WRITE_STATE:
-        hb = hend_ptr + (pb * NCH + pc) * 4 * slab + st
-        _store4(hb, slab, m2, h1, h2, h3, h4)
-        tl.store(dsum_ptr + (pb * NCH + pc) * E + offs_e, dsum, mask=me)
+        hb = hend_ptr + ((pb * NCH + pc) * 4 + k0) * slab + st
+        _store4(hb, slab, m2, h1, h2, h3, h4, S)
+        # Every program of the channel block sums the same delta: the first one stores it.
+        tl.store(dsum_ptr + (pb * NCH + pc) * E + offs_e, dsum, mask=me & (k0 == 0))
 
 
 @triton.jit
@@ -406,7 +437,7 @@ def _zz_carry_kernel(a_ptr, src_ptr, dsum_ptr, dst_ptr, later_ptr, E, NCH,
         h3 = P * h3 + tl.load(src + 2 * slab, mask=m2, other=0.0)
         h4 = P * h4 + tl.load(src + 3 * slab, mask=m2, other=0.0)
         dst = dst_ptr + (pb * (NCH - 1) + c_dst) * 4 * slab + st
-        _store4(dst, slab, m2, h1, h2, h3, h4)
+        _store4(dst, slab, m2, h1, h2, h3, h4, 4)
         if REVERSE:
             later += ds
             tl.store(later_ptr + (pb * NCH + c_dst) * E + offs_e, later, mask=me)
@@ -414,7 +445,7 @@ def _zz_carry_kernel(a_ptr, src_ptr, dsum_ptr, dst_ptr, later_ptr, E, NCH,
 
 @triton.jit
 def _rev_dir(r, a, gk, uk, code, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
-             NP: tl.constexpr, MAIN: tl.constexpr):  # fmt: skip
+             NP: tl.constexpr, MAIN: tl.constexpr, DIRS: tl.constexpr):  # fmt: skip
     # r holds a_{t+1} * r_{t+1} on entry (the decay was applied at the end of the later step).
     r = tl.fma(Cv[None, :], gk[:, None], r)
     du = gk  # du (dt * dv) is returned and added to its token after the step's loads
@@ -427,15 +458,17 @@ def _rev_dir(r, a, gk, uk, code, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, 
         W = tl.fma(uk[:, None], rb, W)
         duk = (dt * uk)[:, None]
         Usum = tl.fma(r, duk, Usum)
-        # The code is uniform over the program, so these are cheap branches. Code 4's sum is
-        # what is left of the total (the sum of dB over all steps) once codes 0-3 are taken.
-        d = code & 7
-        if d == 1:
-            acc1 = tl.fma(r, duk, acc1)
-        elif d == 2:
-            acc2 = tl.fma(r, duk, acc2)
-        elif d == 3:
-            acc3 = tl.fma(r, duk, acc3)
+        if DIRS:
+            # The code is uniform over the program, so these are cheap branches. Code 4's sum
+            # is what is left of the total (the sum of dB over all steps) once codes 0-3 are
+            # taken. (A program of one scan stores that scan's dB per step instead.)
+            d = code & 7
+            if d == 1:
+                acc1 = tl.fma(r, duk, acc1)
+            elif d == 2:
+                acc2 = tl.fma(r, duk, acc2)
+            elif d == 3:
+                acc3 = tl.fma(r, duk, acc3)
     return r * a, du, W, Usum, gam, acc1, acc2, acc3
 
 
@@ -445,16 +478,20 @@ def _zz_bwd_rev_kernel(
     rho_ptr, later_ptr,
     du_ptr, gam_ptr, w_ptr, dbp_ptr, dap_ptr, dirp_ptr, sst_ptr, plocal_ptr, dsum_ptr,
     su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l, sg_k,
-    BATCH, YSLAB, L, E, T, NCH, NEB,
-    NP: tl.constexpr, BE: tl.constexpr, HAS_CARRY: tl.constexpr, MAIN: tl.constexpr,
-    STORE: tl.constexpr, LANES: tl.constexpr,
+    BATCH, YSLAB, L, E, T, NCH,
+    NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr, HAS_CARRY: tl.constexpr,
+    MAIN: tl.constexpr, STORE: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
-    """Reverse pass over one chunk.
+    """Reverse pass over one chunk, for S of the four scans (as in the forward).
 
-    MAIN: gradients (du, d delta's direct part, psi, dB, direction offsets, dA's r-half).
+    MAIN: gradients (du, d delta's direct part, psi, dB, direction offsets, dA's r-half), each
+    a partial sum over the program's scans in its own slab (gam, psi, dA) or row (dB, offsets).
     Otherwise: the chunk's zero-carry ``a_t0 * r_t0`` and summed delta, for the reverse carry.
     """
-    pe = tl.program_id(0)
+    pid = tl.program_id(0)  # also the row of the per-program partial sums
+    grp = pid % (4 // S)
+    pe = pid // (4 // S)
+    k0 = grp * S
     pc = tl.program_id(1)
     pb = tl.program_id(2).to(tl.int64)
     t0 = pc * T
@@ -468,15 +505,18 @@ def _zz_bwd_rev_kernel(
     A2 = tl.load(a_ptr + st, mask=m2, other=0.0)
     bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0)
     u_b = u_ptr + pb * su_b
-    g_b = gy_ptr + pb * sg_b
+    g_b = gy_ptr + pb * sg_b + k0 * sg_k
     dl_b = dl_ptr + pb * sd_b
     b_b = b_ptr + pb * sb_b
     c_b = c_ptr + pb * sc_b
     du_b = du_ptr + pb * L * E
+    if STORE:
+        du_b += k0 * YSLAB
+    od_k = od_ptr + k0 * L
     if HAS_CARRY:
-        rb_ = rho_ptr + (pb * (NCH - 1) + pc) * 4 * slab + st
+        rb_ = rho_ptr + ((pb * (NCH - 1) + pc) * 4 + k0) * slab + st
         mr = m2 & (pc < NCH - 1)
-        r1, r2, r3, r4 = _load4(rb_, slab, mr)
+        r1, r2, r3, r4 = _load4(rb_, slab, mr, S)
         s_after = tl.load(later_ptr + (pb * NCH + pc) * E + offs_e, mask=me, other=0.0)
     else:
         r1, r2, r3, r4 = _zeros4(BE, NP)
@@ -484,13 +524,13 @@ def _zz_bwd_rev_kernel(
     dA_acc, acc1, acc2, acc3 = _zeros4(BE, NP)
 
     tl0 = t1 - 1
-    k1, k2, k3, k4 = _codes(od_ptr, L, tl0)
+    k1, k2, k3, k4 = _codes(od_k, L, tl0, S)
     tq = tl.maximum(tl0 - 1, t0)
-    q1, q2, q3, q4 = _codes(od_ptr, L, tq)
+    q1, q2, q3, q4 = _codes(od_k, L, tq, S)
     x = _row(dl_b, tl0, sd_l, offs_e, me)
-    g1, g2, g3, g4 = _gather_slabs(g_b, k1, k2, k3, k4, sg_l, sg_k, offs_e, me)
+    g1, g2, g3, g4 = _gather(g_b, k1, k2, k3, k4, sg_l, sg_k, offs_e, me, S)
     if MAIN:
-        u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, offs_e, me)
+        u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, 0, offs_e, me, S)
     else:
         u1 = x
         u2 = x
@@ -501,15 +541,15 @@ def _zz_bwd_rev_kernel(
         tn = tl.maximum(t - 1, t0)
         tnn = tl.maximum(t - 2, t0)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
-        g1_n, g2_n, g3_n, g4_n = _gather_slabs(g_b, q1, q2, q3, q4, sg_l, sg_k, offs_e, me)
+        g1_n, g2_n, g3_n, g4_n = _gather(g_b, q1, q2, q3, q4, sg_l, sg_k, offs_e, me, S)
         if MAIN:
-            u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, offs_e, me)
+            u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, 0, offs_e, me, S)
         else:
             u1_n = x_n
             u2_n = x_n
             u3_n = x_n
             u4_n = x_n
-        p1, p2, p3, p4 = _codes(od_ptr, L, tnn)
+        p1, p2, p3, p4 = _codes(od_k, L, tnn, S)
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
@@ -519,27 +559,53 @@ def _zz_bwd_rev_kernel(
         Usum = tl.zeros((BE, NP), tl.float32)
         gam = tl.zeros((BE,), tl.float32)
         r1, du1, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-            r1, a, g1, u1, k1, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3, NP, MAIN
+            r1,
+            a,
+            g1,
+            u1,
+            k1,
+            dt,
+            Bc,
+            p_ptr,
+            Cv,
+            offs_n,
+            W,
+            Usum,
+            gam,
+            acc1,
+            acc2,
+            acc3,
+            NP,
+            MAIN,
+            S > 1,
         )
-        r2, du2, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-            r2, a, g2, u2, k2, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3, NP, MAIN
-        )
-        r3, du3, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-            r3, a, g3, u3, k3, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3, NP, MAIN
-        )
-        r4, du4, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-            r4, a, g4, u4, k4, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3, NP, MAIN
-        )
+        du2 = du1
+        du3 = du1
+        du4 = du1
+        if S >= 2:
+            r2, du2, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
+                r2, a, g2, u2, k2, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+                NP, MAIN, S > 1,
+            )  # fmt: skip
+        if S >= 4:
+            r3, du3, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
+                r3, a, g3, u3, k3, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+                NP, MAIN, S > 1,
+            )  # fmt: skip
+            r4, du4, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
+                r4, a, g4, u4, k4, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+                NP, MAIN, S > 1,
+            )  # fmt: skip
         if MAIN:
             dA_acc = tl.fma((s_after * dt)[:, None], W, dA_acc)
             psi = tl.sum(A2 * W, axis=1)
             _put_rows(du_b, YSLAB, E, offs_e, me,
-                      k1 >> 3, du1, k2 >> 3, du2, k3 >> 3, du3, k4 >> 3, du4, STORE)  # fmt: skip
-            row = (pb * L + t) * E + offs_e
+                      k1 >> 3, du1, k2 >> 3, du2, k3 >> 3, du3, k4 >> 3, du4, S, STORE)  # fmt: skip
+            row = grp * YSLAB + (pb * L + t) * E + offs_e
             tl.store(gam_ptr + row, gam, mask=me)
-            # psi_t = sum_n A_n r_n d_n over the four scans (A = A2 * ln 2).
+            # psi_t = sum_n A_n r_n d_n over the program's scans (A = A2 * ln 2).
             tl.store(w_ptr + row, psi * dt * LN2, mask=me)
-            _store_state_sums(dbp_ptr + ((pe * BATCH + pb) * L + t) * NP, Usum, offs_n, NP, LANES)
+            _store_state_sums(dbp_ptr + ((pid * BATCH + pb) * L + t) * NP, Usum, offs_n, NP, LANES)
         s_after += dt
 
         x = x_n
@@ -559,17 +625,19 @@ def _zz_bwd_rev_kernel(
         q2 = p2
         q3 = p3
         q4 = p4
+    first = k0 == 0  # values the program's scans share: the first program stores them
     if MAIN:
-        tl.store(dap_ptr + (pb * NCH + pc) * slab + st, dA_acc, mask=m2)
-        dirb = dirp_ptr + ((pb * NCH + pc) * NEB + pe) * 3 * NP + offs_n
-        tl.store(dirb, tl.sum(acc1, axis=0))
-        tl.store(dirb + NP, tl.sum(acc2, axis=0))
-        tl.store(dirb + 2 * NP, tl.sum(acc3, axis=0))
-        tl.store(sst_ptr + (pb * NCH + pc) * E + offs_e, s_after, mask=me)
+        tl.store(dap_ptr + ((grp * BATCH + pb) * NCH + pc) * slab + st, dA_acc, mask=m2)
+        if S > 1:
+            dirb = dirp_ptr + ((pb * NCH + pc) * tl.num_programs(0) + pid) * 3 * NP + offs_n
+            tl.store(dirb, tl.sum(acc1, axis=0))
+            tl.store(dirb + NP, tl.sum(acc2, axis=0))
+            tl.store(dirb + 2 * NP, tl.sum(acc3, axis=0))
+        tl.store(sst_ptr + (pb * NCH + pc) * E + offs_e, s_after, mask=me & first)
     else:
-        pl = plocal_ptr + (pb * NCH + pc) * 4 * slab + st
-        _store4(pl, slab, m2, r1, r2, r3, r4)
-        tl.store(dsum_ptr + (pb * NCH + pc) * E + offs_e, s_after, mask=me)
+        pl = plocal_ptr + ((pb * NCH + pc) * 4 + k0) * slab + st
+        _store4(pl, slab, m2, r1, r2, r3, r4, S)
+        tl.store(dsum_ptr + (pb * NCH + pc) * E + offs_e, s_after, mask=me & first)
 
 
 @triton.jit
@@ -582,13 +650,18 @@ def _fb_dir(h, a, dt, uk, gk, bkv, G):
 @triton.jit
 def _zz_bwd_fwd_kernel(
     u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
-    hin_ptr, sst_ptr, w_ptr, dcp_ptr, dap_ptr,
+    hin_ptr, sst_ptr, phi_ptr, dcp_ptr, dah_ptr,
     su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l, sg_k,
-    BATCH, L, E, T, NCH,
-    NP: tl.constexpr, BE: tl.constexpr, HAS_INIT: tl.constexpr, LANES: tl.constexpr,
+    BATCH, YSLAB, L, E, T, NCH,
+    NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr, HAS_INIT: tl.constexpr,
+    LANES: tl.constexpr,
 ):  # fmt: skip
-    """Forward half of the backward: dC, phi (subtracted from psi in place), dA's h-half."""
-    pe = tl.program_id(0)
+    """Forward half of the backward, for S of the four scans: dC, phi and dA's h-half, partial
+    sums over the program's scans in its own slab (phi, dA) or row (dC)."""
+    pid = tl.program_id(0)
+    grp = pid % (4 // S)
+    pe = pid // (4 // S)
+    k0 = grp * S
     pc = tl.program_id(1)
     pb = tl.program_id(2).to(tl.int64)
     t0 = pc * T
@@ -602,34 +675,33 @@ def _zz_bwd_fwd_kernel(
     A2 = tl.load(a_ptr + st, mask=m2, other=0.0)
     bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0)
     u_b = u_ptr + pb * su_b
-    g_b = gy_ptr + pb * sg_b
+    g_b = gy_ptr + pb * sg_b + k0 * sg_k
     dl_b = dl_ptr + pb * sd_b
     b_b = b_ptr + pb * sb_b
     c_b = c_ptr + pb * sc_b
+    od_k = od_ptr + k0 * L
     if HAS_INIT:
-        hb = hin_ptr + (pb * (NCH - 1) + pc - 1) * 4 * slab + st
+        hb = hin_ptr + ((pb * (NCH - 1) + pc - 1) * 4 + k0) * slab + st
         mi = m2 & (pc > 0)
-        h1, h2, h3, h4 = _load4(hb, slab, mi)
+        h1, h2, h3, h4 = _load4(hb, slab, mi, S)
     else:
         h1, h2, h3, h4 = _zeros4(BE, NP)
     run = tl.load(sst_ptr + (pb * NCH + pc) * E + offs_e, mask=me, other=0.0)
     dA_acc = tl.zeros((BE, NP), tl.float32)
 
-    k1, k2, k3, k4 = _codes(od_ptr, L, t0)
+    k1, k2, k3, k4 = _codes(od_k, L, t0, S)
     tq = tl.minimum(t0 + 1, t1 - 1)
-    q1, q2, q3, q4 = _codes(od_ptr, L, tq)
+    q1, q2, q3, q4 = _codes(od_k, L, tq, S)
     x = _row(dl_b, t0, sd_l, offs_e, me)
-    u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, offs_e, me)
-    g1, g2, g3, g4 = _gather_slabs(g_b, k1, k2, k3, k4, sg_l, sg_k, offs_e, me)
+    u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, 0, offs_e, me, S)
+    g1, g2, g3, g4 = _gather(g_b, k1, k2, k3, k4, sg_l, sg_k, offs_e, me, S)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
-        u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, offs_e, me)
-        g1_n, g2_n, g3_n, g4_n = _gather_slabs(g_b, q1, q2, q3, q4, sg_l, sg_k, offs_e, me)
-        p1, p2, p3, p4 = _codes(od_ptr, L, tnn)
-        row = (pb * L + t) * E + offs_e
-        w_old = tl.load(w_ptr + row, mask=me, other=0.0)
+        u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, 0, offs_e, me, S)
+        g1_n, g2_n, g3_n, g4_n = _gather(g_b, q1, q2, q3, q4, sg_l, sg_k, offs_e, me, S)
+        p1, p2, p3, p4 = _codes(od_k, L, tnn, S)
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
@@ -637,13 +709,16 @@ def _zz_bwd_fwd_kernel(
         Bc = _vec(b_b, t, sb_l, offs_n)
         G = tl.zeros((BE, NP), tl.float32)
         h1, G = _fb_dir(h1, a, dt, u1, g1, _bk(Bc, p_ptr, k1, offs_n, NP), G)
-        h2, G = _fb_dir(h2, a, dt, u2, g2, _bk(Bc, p_ptr, k2, offs_n, NP), G)
-        h3, G = _fb_dir(h3, a, dt, u3, g3, _bk(Bc, p_ptr, k3, offs_n, NP), G)
-        h4, G = _fb_dir(h4, a, dt, u4, g4, _bk(Bc, p_ptr, k4, offs_n, NP), G)
+        if S >= 2:
+            h2, G = _fb_dir(h2, a, dt, u2, g2, _bk(Bc, p_ptr, k2, offs_n, NP), G)
+        if S >= 4:
+            h3, G = _fb_dir(h3, a, dt, u3, g3, _bk(Bc, p_ptr, k3, offs_n, NP), G)
+            h4, G = _fb_dir(h4, a, dt, u4, g4, _bk(Bc, p_ptr, k4, offs_n, NP), G)
         run -= dt  # now the sum of delta after step t
         CG = Cv[None, :] * G
-        tl.store(w_ptr + row, w_old - tl.sum(A2 * CG, axis=1) * LN2, mask=me)
-        _store_state_sums(dcp_ptr + ((pe * BATCH + pb) * L + t) * NP, G, offs_n, NP, LANES)
+        row = grp * YSLAB + (pb * L + t) * E + offs_e
+        tl.store(phi_ptr + row, tl.sum(A2 * CG, axis=1) * LN2, mask=me)
+        _store_state_sums(dcp_ptr + ((pid * BATCH + pb) * L + t) * NP, G, offs_n, NP, LANES)
         dA_acc += run[:, None] * CG
 
         x = x_n
@@ -663,8 +738,7 @@ def _zz_bwd_fwd_kernel(
         q2 = p2
         q3 = p3
         q4 = p4
-    dap = dap_ptr + (pb * NCH + pc) * slab + st
-    tl.store(dap, tl.load(dap, mask=m2, other=0.0) - dA_acc, mask=m2)
+    tl.store(dah_ptr + ((grp * BATCH + pb) * NCH + pc) * slab + st, dA_acc, mask=m2)
 
 
 @triton.jit
@@ -814,16 +888,35 @@ MAXNREG_ENV = "PLAINMAMBA_TRITON_MAXNREG"
 _MAXNREG = {"fwd": 160, "rev": 0, "bf": 0}
 
 
+def _per_kernel(env: str, defaults: dict, kernel: str, valid) -> int:
+    # ``$env`` as ``fwd:160,rev:0``: per-kernel overrides of ``defaults``.
+    values = dict(defaults)
+    for item in filter(None, os.environ.get(env, "").split(",")):
+        name, _, value = item.partition(":")
+        if name not in values or not value.isdigit() or not valid(int(value)):
+            example = ",".join(f"{k}:{v}" for k, v in defaults.items())
+            raise ValueError(f"${env}: expected items like {example}, got {item!r}")
+        values[name] = int(value)
+    return values[kernel]
+
+
 def max_registers(kernel: str) -> int:
     """The register cap of ``kernel`` (fwd, rev, bf): ``$PLAINMAMBA_TRITON_MAXNREG`` as
     ``fwd:160,rev:0`` overrides the defaults; 0 leaves it to the compiler."""
-    caps = dict(_MAXNREG)
-    for item in filter(None, os.environ.get(MAXNREG_ENV, "").split(",")):
-        name, _, value = item.partition(":")
-        if name not in caps or not value.isdigit():
-            raise ValueError(f"${MAXNREG_ENV}: expected items like fwd:160, got {item!r}")
-        caps[name] = int(value)
-    return caps[kernel]
+    return _per_kernel(MAXNREG_ENV, _MAXNREG, kernel, lambda v: v == 0 or 24 <= v <= 255)
+
+
+SCANS_ENV = "PLAINMAMBA_TRITON_SCANS"
+# Scans per program (1, 2 or 4). Fewer scans mean fewer registers (more warps per
+# multiprocessor, more programs) but repeat a step's shared work (softplus, exp(delta A), the
+# B and C rows) in every program of a channel block.
+_SCANS = {"fwd": 4, "rev": 2, "bf": 2}
+
+
+def scans_per_program(kernel: str) -> int:
+    """Scans a program of ``kernel`` (fwd, rev, bf) runs: ``$PLAINMAMBA_TRITON_SCANS`` as
+    ``fwd:4,rev:2,bf:2`` overrides the defaults."""
+    return _per_kernel(SCANS_ENV, _SCANS, kernel, lambda v: v in (1, 2, 4))
 
 
 def _regs(kernel: str) -> dict:
@@ -893,14 +986,16 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     hin = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=u.device, dtype=f32)
     strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(B), *_row_strides(C))
     warps = _num_warps(block)
-    grid = (n_e, n_chunks, batch)
+    scans = scans_per_program("fwd")
+    grid = (n_e * (4 // scans), n_chunks, batch)
     if n_chunks > 1:
         hend = torch.empty((batch, n_chunks, 4, np_, channels), device=u.device, dtype=f32)
         dsum = torch.empty((batch, n_chunks, channels), device=u.device, dtype=f32)
         _launch(_zz_fwd_kernel, grid,
             u, delta, B, C, P, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
             batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
-            HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, STORE=store, num_warps=warps,
+            S=scans, HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, STORE=store,
+            num_warps=warps,
             **_regs("fwd"),
         )  # fmt: skip
         _launch(_zz_carry_kernel, (n_e, batch),
@@ -911,7 +1006,8 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     _launch(_zz_fwd_kernel, grid,
         u, delta, B, C, P, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
         batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
-        HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, STORE=store, num_warps=warps,
+        S=scans, HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, STORE=store,
+        num_warps=warps,
         **_regs("fwd"),
     )  # fmt: skip
     # The caller sums the slabs (in PyTorch, so that torch.compile fuses the sum into the next
@@ -933,16 +1029,21 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     n_chunks = -(-length // chunk)
     dev, f32 = u.device, torch.float32
     store = scatter_by_store()
+    s_rev, s_bf = scans_per_program("rev"), scans_per_program("bf")
+    g_rev, g_bf = 4 // s_rev, 4 // s_bf  # programs per channel block
     if store:
         du = torch.empty((4, batch, length, channels), device=dev, dtype=u.dtype)
     else:
         du = torch.zeros((batch, length, channels), device=dev, dtype=f32)
-    gam = torch.empty((batch, length, channels), device=dev, dtype=f32)
-    wbuf = torch.empty((batch, length, channels), device=dev, dtype=f32)
-    dbp = torch.empty((n_e, batch, length, np_), device=dev, dtype=f32)
-    dcp = torch.empty((n_e, batch, length, np_), device=dev, dtype=f32)
-    dap = torch.empty((batch, n_chunks, np_, channels), device=dev, dtype=f32)
-    dirp = torch.empty((batch, n_chunks, n_e, 3, np_), device=dev, dtype=f32)
+    # Partial sums over each program's scans: a slab per scan group, a row per program.
+    gam = torch.empty((g_rev, batch, length, channels), device=dev, dtype=f32)
+    psi = torch.empty((g_rev, batch, length, channels), device=dev, dtype=f32)
+    phi = torch.empty((g_bf, batch, length, channels), device=dev, dtype=f32)
+    dbp = torch.empty((n_e * g_rev, batch, length, np_), device=dev, dtype=f32)
+    dcp = torch.empty((n_e * g_bf, batch, length, np_), device=dev, dtype=f32)
+    dar = torch.empty((g_rev, batch, n_chunks, np_, channels), device=dev, dtype=f32)
+    dah = torch.empty((g_bf, batch, n_chunks, np_, channels), device=dev, dtype=f32)
+    dirp = torch.empty(_dirp_shape(batch, n_chunks, n_e, s_rev, np_), device=dev, dtype=f32)
     sst = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
     strides = (
         *_row_strides(u), *_row_strides(delta), *_row_strides(Bp), *_row_strides(Cp),
@@ -952,16 +1053,17 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     # Per-step sums over a warp's channels (dB, dC) by shuffles in PTX: one warp per program,
     # and not under the interpreter, which runs no inline assembly.
     lanes = block == 32 and np_ <= 32 and not INTERPRETED
-    grid = (n_e, n_chunks, batch)
+    grid_rev = (n_e * g_rev, n_chunks, batch)
+    slab = batch * length * channels
     rho, later = du, du  # placeholders when there is a single chunk
     if n_chunks > 1:
         plocal = torch.empty((batch, n_chunks, 4, np_, channels), device=dev, dtype=f32)
         dsum = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
-        _launch(_zz_bwd_rev_kernel, grid,
+        _launch(_zz_bwd_rev_kernel, grid_rev,
             u, delta, Bp, Cp, P, a2, delta_bias, od, gy, du, du,
-            du, gam, wbuf, dbp, dap, dirp, sst, plocal, dsum, *strides,
-            batch, batch * length * channels, length, channels, chunk, n_chunks, n_e,
-            NP=np_, BE=block, HAS_CARRY=False, MAIN=False, STORE=store, LANES=lanes,
+            du, gam, psi, dbp, dar, dirp, sst, plocal, dsum, *strides,
+            batch, slab, length, channels, chunk, n_chunks,
+            NP=np_, BE=block, S=s_rev, HAS_CARRY=False, MAIN=False, STORE=store, LANES=lanes,
             num_warps=warps,
             **_regs("rev"),
         )  # fmt: skip
@@ -971,39 +1073,55 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
             a2, plocal, dsum, rho, later, channels, n_chunks, NP=np_, BE=block, REVERSE=True,
             num_warps=warps,
         )  # fmt: skip
-    _launch(_zz_bwd_rev_kernel, grid,
+    _launch(_zz_bwd_rev_kernel, grid_rev,
         u, delta, Bp, Cp, P, a2, delta_bias, od, gy, rho, later,
-        du, gam, wbuf, dbp, dap, dirp, sst, du, du, *strides,
-        batch, batch * length * channels, length, channels, chunk, n_chunks, n_e,
-        NP=np_, BE=block, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, LANES=lanes,
+        du, gam, psi, dbp, dar, dirp, sst, du, du, *strides,
+        batch, slab, length, channels, chunk, n_chunks,
+        NP=np_, BE=block, S=s_rev, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, LANES=lanes,
         num_warps=warps,
         **_regs("rev"),
     )  # fmt: skip
-    _launch(_zz_bwd_fwd_kernel, grid,
+    _launch(_zz_bwd_fwd_kernel, (n_e * g_bf, n_chunks, batch),
         u, delta, Bp, Cp, P, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
-        wbuf, dcp, dap, *strides,
-        batch, length, channels, chunk, n_chunks,
-        NP=np_, BE=block, HAS_INIT=n_chunks > 1, LANES=lanes, num_warps=warps, **_regs("bf"),
+        phi, dcp, dah, *strides,
+        batch, slab, length, channels, chunk, n_chunks,
+        NP=np_, BE=block, S=s_bf, HAS_INIT=n_chunks > 1, LANES=lanes, num_warps=warps,
+        **_regs("bf"),
     )  # fmt: skip
+    if s_rev == 1:
+        # Programs of one scan stored each scan's dB per step (no offset sums in the kernel):
+        # the offsets' gradients are those summed by the code of the move at each step.
+        per_scan = dbp.view(n_e, 4, batch, length, np_).sum((0, 2))
+        moves = F.one_hot((od & 7).long(), 5)[..., 1:4].to(f32)  # codes 1-3, (4, L, 3)
+        dirp = torch.einsum("kld,kln->dn", moves, per_scan).view(dirp.shape)
     if not store:
         du = du.unsqueeze(0)
-    return du, gam, wbuf, dbp, dcp, dap, dirp
+    return du, gam, psi, phi, dbp, dcp, dar, dah, dirp
+
+
+def _dirp_shape(batch: int, n_chunks: int, n_e: int, scans: int, n_pad: int) -> tuple:
+    # Per program, chunk and code 1-3: the direction offsets' gradient summed over channels; a
+    # program of one scan leaves it to the host, which sums it once.
+    if scans == 1:
+        return (1, 1, 1, 3, n_pad)
+    return (batch, n_chunks, n_e * (4 // scans), 3, n_pad)
 
 
 def _finish_grads(raw, gy, u, delta, B, C, D, delta_bias):
     """The elementwise tail of the backward, in PyTorch so that torch.compile can fuse it."""
-    du, gam, wbuf, dbp, dcp, dap, dirp = raw
+    du, gam, psi, phi, dbp, dcp, dar, dah, dirp = raw
     n_state = B.shape[-1]
     # Every scan adds D * u at every token: u and D see the sum of the slabs' gradients.
     gsum = gy.float().sum(0) if gy.shape[0] > 1 else 4.0 * gy[0].float()
     # d softplus(delta): the direct part plus the exclusive prefix sum of psi - phi.
-    d_soft = gam + torch.cumsum(wbuf, dim=1) - wbuf
+    w = psi.sum(0) - phi.sum(0)
+    d_soft = gam.sum(0) + torch.cumsum(w, dim=1) - w
     d_delta = d_soft * torch.sigmoid(delta.float() + delta_bias)
     d_bias = d_delta.sum((0, 1))
     # du's slabs are summed here too, where torch.compile fuses the sum with what follows.
     du = du.float().sum(0) + D * gsum
     dD = (gsum * u.float()).sum((0, 1))
-    dA = dap.sum((0, 1))[:n_state].t()
+    dA = (dar.sum((0, 1, 2)) - dah.sum((0, 1, 2)))[:n_state].t()
     dB = dbp.sum(0)[..., :n_state]
     dC = dcp.sum(0)[..., :n_state]
     # The start offset (code 0) is added at step 0 of all four scans; code 4 takes the rest.
@@ -1044,7 +1162,7 @@ if not hasattr(torch.ops.plainmamba, "zigzag_scan_fwd"):
     def _bwd_op(
         gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
         direction_Bs: Tensor, delta_bias: Tensor, hin: Tensor, h: int, w: int, chunk: int,
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         return _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chunk)
 
     @_bwd_op.register_fake
@@ -1053,17 +1171,23 @@ if not hasattr(torch.ops.plainmamba, "zigzag_scan_fwd"):
         n_state = triton.next_power_of_2(A.shape[1])
         n_e = -(-channels // block_channels(backward=True))
         n_chunks = -(-length // chunk)
+        g_rev, g_bf = 4 // scans_per_program("rev"), 4 // scans_per_program("bf")
         f32 = torch.float32
-        full = u.new_empty((batch, length, channels), dtype=f32)
-        parts = u.new_empty((n_e, batch, length, n_state), dtype=f32)
+
+        def new(*shape):
+            return u.new_empty(shape, dtype=f32)
+
         if scatter_by_store():
             du = u.new_empty((4, batch, length, channels))
         else:
-            du = u.new_empty((1, batch, length, channels), dtype=f32)
+            du = new(1, batch, length, channels)
         return (
-            du, torch.empty_like(full), torch.empty_like(full), parts, torch.empty_like(parts),
-            u.new_empty((batch, n_chunks, n_state, channels), dtype=f32),
-            u.new_empty((batch, n_chunks, n_e, 3, n_state), dtype=f32),
+            du, new(g_rev, batch, length, channels), new(g_rev, batch, length, channels),
+            new(g_bf, batch, length, channels), new(n_e * g_rev, batch, length, n_state),
+            new(n_e * g_bf, batch, length, n_state),
+            new(g_rev, batch, n_chunks, n_state, channels),
+            new(g_bf, batch, n_chunks, n_state, channels),
+            new(*_dirp_shape(batch, n_chunks, n_e, scans_per_program("rev"), n_state)),
         )  # fmt: skip
 
     def _setup_context(ctx, inputs, output):
