@@ -441,6 +441,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument(
         "--cudnn-benchmark", type=int, default=1, help="torch.backends.cudnn.benchmark (1/0)"
     )
+    parser.add_argument("--pick-file", default=None, help="--scans: write the pick as exports")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 

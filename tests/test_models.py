@@ -110,3 +110,19 @@ def test_training_after_inference_mode_in_the_same_process():
     out = trunk(x)
     sum(v.sum() for v in out.values()).backward()
     assert trunk.patch_embed.projection.weight.grad is not None
+
+
+@pytest.mark.parametrize("dim,d_state", [(192, 16), (64, 5)])
+def test_padded_projections_change_no_value(dim, d_state):
+    """The zero-padded x_proj / dt_proj used on CUDA give the released projections exactly."""
+    from plainmamba.modeling.plainmamba import PlainMambaMixer
+
+    mixer = PlainMambaMixer(dim, d_state=d_state)
+    xs = torch.randn(2, 10, mixer.d_inner, requires_grad=True)
+    plain = mixer.project(xs, pad_rows=False)
+    padded = mixer.project(xs, pad_rows=True)
+    assert padded[0].shape == (2, 10, mixer.d_inner) and padded[1].shape[-1] == d_state
+    for a, b in zip(plain, padded):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    grads = [torch.autograd.grad(sum(t.sum() for t in out), xs) for out in (plain, padded)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)

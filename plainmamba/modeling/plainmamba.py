@@ -125,21 +125,34 @@ class PlainMambaMixer(nn.Module):
         self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
         trunc_normal_(self.direction_Bs, std=0.02)
 
+    def project(self, xs: torch.Tensor, pad_rows: bool) -> Tuple[torch.Tensor, ...]:
+        """x_proj and dt_proj: (delta before its bias, B, C) from the conv's output ``xs``.
+
+        ``pad_rows`` (on CUDA) pads the projections' rows with zeros, which changes no value.
+        """
+        rank, n = self.dt_rank, self.d_state
+        weight, dt_weight = self.x_proj.weight, self.dt_proj.weight
+        sizes = [rank, n, n]
+        if pad_rows and (rank % 8 or (2 * n) % 8):
+            # Half-precision operands whose rows are not multiples of 8 values (16 bytes), like
+            # x_proj's 44 outputs and dt_proj's 12 inputs, send cuBLAS to slow kernels. Zero
+            # rows pad dt's block (and dt_proj's inputs) and the whole to multiples of 8.
+            pad_dt = -rank % 8
+            w_dt, w_bc = weight.split([rank, 2 * n])
+            weight = torch.cat([F.pad(w_dt, (0, 0, 0, pad_dt)), w_bc])
+            weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % 8))
+            dt_weight = F.pad(dt_weight, (0, pad_dt))
+            sizes = [rank + pad_dt, n, n, weight.shape[0] - rank - pad_dt - 2 * n]
+        dt, Bs, Cs = F.linear(xs, weight).split(sizes, dim=-1)[:3]
+        # As released: dt_proj adds its bias here and the scan adds it again as delta_bias.
+        return F.linear(dt, dt_weight, self.dt_proj.bias), Bs, Cs
+
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         batch, length, _ = x.shape
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         # The depthwise conv reads the tokens in place (a Triton kernel on CUDA); (B, L, E).
         xs = dwconv2d_silu(xs, self.conv2d.weight, self.conv2d.bias, hw)
-        sizes = [self.dt_rank, self.d_state, self.d_state]
-        weight = self.x_proj.weight
-        if xs.is_cuda and weight.shape[0] % 8:
-            # Output rows of dt_rank + 2N half-precision values (44 for N = 16) are not 16-byte
-            # aligned, which sends cuBLAS to a slow kernel; zero rows pad them to a multiple of 8.
-            weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % 8))
-            sizes.append(weight.shape[0] - sum(sizes))
-        dt, Bs, Cs = F.linear(xs, weight).split(sizes, dim=-1)[:3]
-        # As released: dt_proj adds its bias here and the scan adds it again as delta_bias.
-        dt = self.dt_proj(dt)
+        dt, Bs, Cs = self.project(xs, pad_rows=xs.is_cuda)
         A = -torch.exp(self.A_log.float())
         y = zigzag_scan(
             xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw, impl=self.scan_impl
