@@ -165,6 +165,34 @@ def bench_dwconv(args) -> List[dict]:
     return rows
 
 
+def bench_stem(args) -> List[dict]:
+    """The stem's 7x7/2 conv at batch 128, 224 px, bf16: cuDNN directly against the
+    space-to-depth form (ConvPatchEmbed.stem_conv), forward and forward + backward."""
+    from plainmamba.modeling.plainmamba import ConvPatchEmbed
+
+    embed = ConvPatchEmbed(3, 192).cuda()
+    x = torch.randn(args.batch, 3, 224, 224, device="cuda").contiguous(
+        memory_format=torch.channels_last
+    )
+    rows = []
+    for s2d in (False, True):
+
+        def fwd():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return embed.stem_conv(x, space_to_depth=s2d)
+
+        def fwd_bwd():
+            fwd().float().mean().backward()
+
+        with torch.no_grad():
+            ms = cuda_ms(fwd, args.warmup, args.iters)
+        ms_fb = cuda_ms(fwd_bwd, args.warmup, args.iters)
+        rows.append(dict(part="stem", space_to_depth=s2d, fwd_ms=ms, fwd_bwd_ms=ms_fb))
+        print(f"stem conv space_to_depth={s2d}: fwd {ms:.3f} ms  fwd+bwd {ms_fb:.3f} ms",
+              flush=True)  # fmt: skip
+    return rows
+
+
 def build_l1(impl: str, drop_path: float = 0.0) -> nn.Module:
     from plainmamba.modeling import PlainMamba
 
@@ -482,6 +510,12 @@ def main(argv: List[str] | None = None) -> int:
         torch.cuda.empty_cache()
         save()
 
+    if "stem" in args.parts:
+        try:
+            rows.extend(bench_stem(args))
+        except Exception as exc:
+            print(f"FAILED stem: {exc!r}", flush=True)
+        save()
     if "dwconv" in args.parts:
         try:
             rows.extend(bench_dwconv(args))

@@ -60,7 +60,7 @@ if has kernel; then
   stamp "kernel: one L1 layer; per-kernel GPU time of eager L1"
   # SCANS: settings of $PLAINMAMBA_TRITON_SCANS to compare; the fastest per kernel is kept for
   # the later stages (bench_gpu.py --scans).
-  run 90 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel dwconv \
+  run 90 60 python3 benchmarks/bench_gpu.py --impls triton --parts kernel dwconv stem \
     ${SCANS:+--scans $SCANS --pick-file /tmp/scans.env} --json "$OUT/bench.json"
   [ -f /tmp/scans.env ] && . /tmp/scans.env && env | grep PLAINMAMBA_TRITON | tee -a "$LOG"
   if [ "${COMPARE_ATOMIC:-1}" = 1 ]; then

@@ -126,3 +126,20 @@ def test_padded_projections_change_no_value(dim, d_state):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     grads = [torch.autograd.grad(sum(t.sum() for t in out), xs) for out in (plain, padded)]
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (33, 50), (7, 8)])
+def test_space_to_depth_stem_is_the_same_conv(size):
+    """The CUDA stem's 4x4 conv over 2x2 pixel blocks equals the released 7x7/2 conv."""
+    from plainmamba.modeling.plainmamba import ConvPatchEmbed
+
+    embed = ConvPatchEmbed(3, 64)
+    x = torch.randn(2, 3, *size, requires_grad=True)
+    direct = embed.stem_conv(x, space_to_depth=False)
+    folded = embed.stem_conv(x, space_to_depth=True)
+    assert folded.shape == direct.shape
+    torch.testing.assert_close(folded, direct, rtol=1e-4, atol=1e-4)
+    weight = embed.stem[0].weight
+    grads = [torch.autograd.grad(out.square().sum(), (x, weight)) for out in (direct, folded)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
