@@ -158,11 +158,11 @@ def test_cuda_model_matches_cpu():
     out = {}
     for device in ("cpu", "cuda"):
         model.to(device).zero_grad()
-        xd = x.to(device).requires_grad_()
+        xd = x.detach().to(device).requires_grad_()
         feats = model(xd)
         key = sorted(feats)[-1]
         feats[key].square().mean().backward()
-        grads = {n: p.grad.cpu() for n, p in model.named_parameters()}
+        grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
         out[device] = (feats[key].detach().cpu(), xd.grad.cpu(), grads)
     torch.backends.cudnn.allow_tf32 = tf32
     y_cpu, gx_cpu, g_cpu = out["cpu"]
