@@ -12,7 +12,13 @@ Parts:
 - ``infer``: L1 classifier (trunk + pooled linear head), 224 px, bf16 autocast, images/s;
 - ``train``: one training step (forward, cross-entropy, backward, fused AdamW), images/s;
 - ``trunk``: the L1 trunk alone at 1024x1024, batch 1, bf16 autocast, milliseconds;
-- ``profile``: eager L1 inference and training step under torch.profiler, GPU time per kernel.
+- ``profile``: L1 inference and training step under torch.profiler, GPU time per kernel;
+- ``dwconv``: the mixer's depthwise conv + SiLU, cuDNN (two layouts) against the Triton op;
+- ``stem``: the stem's 7x7/2 conv, cuDNN directly against its space-to-depth form.
+
+``--scans S1 S2 ...`` first times the scan kernels (profiler, one layer at batch 128) under each
+setting of ``$PLAINMAMBA_TRITON_SCANS`` (``@`` adds register caps) and keeps the fastest per
+kernel for the rest of the run.
 
 ``--compile`` takes ``none``, ``default`` (torch.compile) and ``reduce-overhead`` (torch.compile
 with CUDA graphs). Timings are medians over ``--iters`` calls timed with CUDA events after
