@@ -1,11 +1,13 @@
 """Fused GPU zig-zag selective scan: Triton kernels for the four scans of a layer, fwd and bwd.
 
-Layout. A program owns one batch element, a block of ``BE`` channels (32 by default: one warp)
-and one chunk of steps; a thread owns one channel and keeps its N states of all four scan orders
-in float32 registers, as four (BE, N) tiles. Since delta, B and C are indexed by the step
-(SPEC 4.6), ``exp(delta_t * A)`` is computed once per step and shared by the four recurrences;
-each recurrence gathers ``u`` at the token its order visits and adds the direction offset of the
-move that arrived to ``B_t`` (the (5, N) offset table stays in L1).
+Layout. A program owns one batch element, a block of ``BE`` channels (32 by default: one warp),
+one chunk of steps and S of the four scan orders (``$PLAINMAMBA_TRITON_SCANS``, per kernel); a
+thread owns one channel and keeps its N states of those orders in float32 registers, as (BE, N)
+tiles. Since delta, B and C are indexed by the step (SPEC 4.6), ``exp(delta_t * A)`` is computed
+once per step and shared by the program's recurrences; each recurrence gathers ``u`` at the token
+its order visits and adds the direction offset of the move that arrived to ``B_t`` (the (5, N)
+offset table stays in L1). Programs of fewer orders hold fewer registers but repeat that shared
+work; their results that sum over orders are partial sums, added up on the host.
 
 Register layout. A is passed as ``(A * log2 e)^T``, (N, E), and saved states are (N, E) too, so
 every 2-D tile in memory is contiguous along channels: Triton then gives each thread a channel and
@@ -559,26 +561,9 @@ def _zz_bwd_rev_kernel(
         Usum = tl.zeros((BE, NP), tl.float32)
         gam = tl.zeros((BE,), tl.float32)
         r1, du1, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-            r1,
-            a,
-            g1,
-            u1,
-            k1,
-            dt,
-            Bc,
-            p_ptr,
-            Cv,
-            offs_n,
-            W,
-            Usum,
-            gam,
-            acc1,
-            acc2,
-            acc3,
-            NP,
-            MAIN,
-            S > 1,
-        )
+            r1, a, g1, u1, k1, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+            NP, MAIN, S > 1,
+        )  # fmt: skip
         du2 = du1
         du3 = du1
         du4 = du1
