@@ -487,6 +487,7 @@ def main(argv: List[str] | None = None) -> int:
     env = dict(
         gpu=torch.cuda.get_device_name(), torch=torch.__version__,
         python=platform.python_version(), argv=sys.argv,
+        settings={k: v for k, v in os.environ.items() if k.startswith("PLAINMAMBA_")},
     )  # fmt: skip
     try:
         import triton

@@ -4,11 +4,12 @@
 # tests on the GPU, the benchmarks (eager, then torch.compile while the build finishes), the
 # agreement with mamba-ssm and the training curves; logs and JSON go to $OUT. Every stage has a
 # time limit so that the whole script ends before $DEADLINE seconds.
-#   DEADLINE=540 STAGES="tests kernel eager graphs profile mamba curves deit" \
+#   DEADLINE=540 STAGES="tests kernel eager graphs ab profile mamba curves deit" \
 #     bash benchmarks/run_gpu.sh
 # (run tool: carry [".whl"]). SCANS="fwd:4,rev:4,bf:4 fwd:2,rev:1,bf:1@rev:168" compares
-# scans-per-program settings in the kernel stage. Stages run in that order; leave some out to
-# split the work between calls. TESTS_K selects tests (pytest -k); COMPARE_ATOMIC=0 skips the atomic variant.
+# scans-per-program settings in the kernel stage; AB="VAR=x;VAR=y" times the model under each
+# setting in the ab stage. Stages run in that order; leave some out to split the work between
+# calls. TESTS_K selects tests (pytest -k); COMPARE_ATOMIC=0 skips the atomic variant.
 set -o pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 OUT=${OUT:-/tmp/out}
@@ -78,6 +79,16 @@ if has graphs; then
   stamp "L1 torch.compile + CUDA graphs: triton"
   run 300 20 env $B python3 benchmarks/bench_gpu.py --impls triton --parts infer train trunk \
     --compile reduce-overhead --json "$OUT/bench.json"
+fi
+if has ab; then
+  # AB="PLAINMAMBA_TRITON_SCANS=fwd:4,rev:2,bf:4;PLAINMAMBA_DWCONV=ref": each setting (separated
+  # by ';', its variables by spaces) times inference and training under compile + CUDA graphs.
+  IFS=';' read -ra SETTINGS <<<"${AB:-}"
+  for setting in "${SETTINGS[@]}"; do
+    stamp "A/B: $setting"
+    run 150 20 env $B $setting python3 benchmarks/bench_gpu.py --impls triton --parts infer train \
+      --compile reduce-overhead --json "$OUT/bench.json"
+  done
 fi
 if has profile; then
   stamp "L1 under torch.compile (no CUDA graphs): GPU time per kernel"
