@@ -517,18 +517,13 @@ def main(argv: List[str] | None = None) -> int:
         torch.cuda.empty_cache()
         save()
 
-    if "stem" in args.parts:
-        try:
-            rows.extend(bench_stem(args))
-        except Exception as exc:
-            print(f"FAILED stem: {exc!r}", flush=True)
-        save()
-    if "dwconv" in args.parts:
-        try:
-            rows.extend(bench_dwconv(args))
-        except Exception as exc:
-            print(f"FAILED dwconv: {exc!r}", flush=True)
-        save()
+    for part, bench in (("stem", bench_stem), ("dwconv", bench_dwconv)):
+        if part in args.parts:
+            try:
+                rows.extend(bench(args))
+            except Exception as exc:  # keep the other figures of a lease
+                print(f"FAILED {part}: {exc!r}", flush=True)
+            save()
     for impl in args.impls:
         if impl == "none":  # only the DeiT-Tiny figures
             continue

@@ -1028,7 +1028,9 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     dcp = torch.empty((n_e * g_bf, batch, length, np_), device=dev, dtype=f32)
     dar = torch.empty((g_rev, batch, n_chunks, np_, channels), device=dev, dtype=f32)
     dah = torch.empty((g_bf, batch, n_chunks, np_, channels), device=dev, dtype=f32)
-    dirp = torch.empty(_dirp_shape(batch, n_chunks, n_e, s_rev, np_), device=dev, dtype=f32)
+    # One-scan programs leave the offsets' gradient to the host (below): du is a placeholder.
+    dirp_shape = _dirp_shape(batch, n_chunks, n_e, s_rev, np_)
+    dirp = torch.empty(dirp_shape, device=dev, dtype=f32) if s_rev > 1 else du
     sst = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
     strides = (
         *_row_strides(u), *_row_strides(delta), *_row_strides(Bp), *_row_strides(Cp),
@@ -1078,7 +1080,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         # the offsets' gradients are those summed by the code of the move at each step.
         per_scan = dbp.view(n_e, 4, batch, length, np_).sum((0, 2))
         moves = F.one_hot((od & 7).long(), 5)[..., 1:4].to(f32)  # codes 1-3, (4, L, 3)
-        dirp = torch.einsum("kld,kln->dn", moves, per_scan).view(dirp.shape)
+        dirp = torch.einsum("kld,kln->dn", moves, per_scan).view(dirp_shape)
     if not store:
         du = du.unsqueeze(0)
     return du, gam, psi, phi, dbp, dcp, dar, dah, dirp
