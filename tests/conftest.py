@@ -38,6 +38,14 @@ def run_script(args, data_root, timeout=600):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def set_env(monkeypatch, name: str, value) -> None:
+    """Set ``$name`` to ``str(value)`` for the test, or unset it when ``value`` is None."""
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, str(value))
+
+
 def in_interpreter_child(child_env: str) -> bool:
     """True inside the child process started by :func:`run_under_triton_interpreter`."""
     return os.environ.get(child_env) == "1" and os.environ.get("TRITON_INTERPRET") == "1"

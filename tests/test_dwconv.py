@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import in_interpreter_child, run_under_triton_interpreter
+from conftest import in_interpreter_child, run_under_triton_interpreter, set_env
 import plainmamba.ops.dwconv as dw
 from plainmamba.ops import DWCONV_ENV_VAR, DWCONV_IMPLS, dwconv2d_silu, dwconv2d_silu_ref
 
@@ -147,14 +147,8 @@ else:
         program (``None``: the automatic choice)."""
 
         def set_blocks(tile=None, images=None):
-            if tile is None:
-                monkeypatch.delenv(dt.BLOCK_ENV, raising=False)
-            else:
-                monkeypatch.setenv(dt.BLOCK_ENV, "%d,%d,%d" % tile)
-            if images is None:
-                monkeypatch.delenv(dt.CHUNK_ENV, raising=False)
-            else:
-                monkeypatch.setenv(dt.CHUNK_ENV, str(images))
+            set_env(monkeypatch, dt.BLOCK_ENV, tile and "%d,%d,%d" % tile)
+            set_env(monkeypatch, dt.CHUNK_ENV, images)
 
         return set_blocks
 

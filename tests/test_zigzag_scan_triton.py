@@ -12,7 +12,7 @@ import importlib
 import pytest
 import torch
 
-from conftest import in_interpreter_child, run_under_triton_interpreter
+from conftest import in_interpreter_child, run_under_triton_interpreter, set_env
 from plainmamba.ops import available_impls, zigzag_scan, zigzag_scan_ref
 
 CUDA = torch.cuda.is_available()
@@ -67,10 +67,7 @@ else:
         """Force a chunk length (``None`` keeps the automatic one)."""
 
         def set_chunk(length):
-            if length is None:
-                monkeypatch.delenv(zt.CHUNK_ENV, raising=False)
-            else:
-                monkeypatch.setenv(zt.CHUNK_ENV, str(length))
+            set_env(monkeypatch, zt.CHUNK_ENV, length)
 
         return set_chunk
 
