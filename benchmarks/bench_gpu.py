@@ -393,7 +393,7 @@ def sweep_scans(args, rows: List[dict], save, env: dict) -> None:
             print(f"FAILED scans {setting}: {exc!r}", flush=True)
             rows.append(dict(failed=f"scans {setting}: {exc!r}"[:500]))
             continue
-        stats = {k: v for k, v in zt.KERNEL_STATS.items()}
+        stats = dict(zt.KERNEL_STATS)
         rows.append(dict(part="scans", setting=setting, us=us, stats=stats))
         save()
         print(f"scans {setting:28s} " + "  ".join(f"{k} {v:7.1f} us" for k, v in us.items()),
