@@ -17,8 +17,8 @@ Parts:
 - ``stem``: the stem's 7x7/2 conv, cuDNN directly against its space-to-depth form.
 
 ``--scans S1 S2 ...`` first times the scan kernels (profiler, one layer at batch 128) under each
-setting of ``$PLAINMAMBA_TRITON_SCANS`` (``@`` adds register caps, ``/host`` or ``/kernel`` sets
-``$PLAINMAMBA_TRITON_OFFSET_GRAD``) and keeps the fastest per kernel for the rest of the run.
+setting of ``$PLAINMAMBA_TRITON_SCANS`` (``@`` adds register caps) and keeps the fastest per
+kernel for the rest of the run.
 
 ``--compile`` takes ``none``, ``default`` (torch.compile) and ``reduce-overhead`` (torch.compile
 with CUDA graphs). Timings are medians over ``--iters`` calls timed with CUDA events after
@@ -377,19 +377,16 @@ def scan_kernel_us(inp: dict, backward: bool, calls: int = 5) -> Dict[str, float
 
 def sweep_scans(args, rows: List[dict], save, env: dict) -> None:
     """Per-kernel GPU time of the scan kernels for each ``--scans`` setting (scans per program,
-    optionally ``@`` register caps and ``/`` where the reverse pass sums the offsets' gradient:
-    ``fwd:4,rev:4,bf:2@rev:224/host``); the fastest setting of each kernel is then kept in the
+    optionally ``@`` register caps); the fastest setting of each kernel is then kept in the
     environment for the model parts."""
     from plainmamba.ops import zigzag_scan_triton as zt
 
     inp = layer_inputs(128, 14)
     best: Dict[str, tuple] = {}
     for setting in args.scans:
-        setting_, _, offset_grad = setting.partition("/")
-        scans, _, caps = setting_.partition("@")
+        scans, _, caps = setting.partition("@")
         os.environ[zt.SCANS_ENV] = scans
         os.environ[zt.MAXNREG_ENV] = caps
-        os.environ[zt.OFFSET_GRAD_ENV] = offset_grad or "kernel"
         try:
             us = scan_kernel_us(inp, backward=True)
         except Exception as exc:
@@ -404,22 +401,15 @@ def sweep_scans(args, rows: List[dict], save, env: dict) -> None:
         for kernel, name in (("fwd", "_zz_fwd_kernel"), ("rev", "_zz_bwd_rev_kernel"),
                              ("bf", "_zz_bwd_fwd_kernel")):  # fmt: skip
             if name in us and (kernel not in best or us[name] < best[kernel][0]):
-                best[kernel] = (
-                    us[name], zt.scans_per_program(kernel), zt.max_registers(kernel),
-                    os.environ[zt.OFFSET_GRAD_ENV],
-                )  # fmt: skip
-    pick = {
-        zt.SCANS_ENV: ",".join(f"{k}:{v[1]}" for k, v in best.items()),
-        zt.MAXNREG_ENV: ",".join(f"{k}:{v[2]}" for k, v in best.items()),
-        zt.OFFSET_GRAD_ENV: best["rev"][3] if "rev" in best else "kernel",
-    }
-    os.environ.update(pick)
-    env.update(pick)
-    exports = " ".join(f"{k}={v}" for k, v in pick.items())
-    print(f"using {exports}", flush=True)
+                best[kernel] = (us[name], zt.scans_per_program(kernel), zt.max_registers(kernel))
+    scans = ",".join(f"{k}:{v[1]}" for k, v in best.items())
+    caps = ",".join(f"{k}:{v[2]}" for k, v in best.items())
+    os.environ[zt.SCANS_ENV], os.environ[zt.MAXNREG_ENV] = scans, caps
+    env[zt.SCANS_ENV], env[zt.MAXNREG_ENV] = scans, caps
+    print(f"using {zt.SCANS_ENV}={scans} {zt.MAXNREG_ENV}={caps}", flush=True)
     if args.pick_file:  # for the later stages of benchmarks/run_gpu.sh (other processes)
         with open(args.pick_file, "w") as f:
-            f.write(f"export {exports}\n")
+            f.write(f"export {zt.SCANS_ENV}={scans} {zt.MAXNREG_ENV}={caps}\n")
 
 
 def pick_blocks(args, it, rows: List[dict], save, env: dict) -> None:
@@ -477,8 +467,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument(
         "--scans", nargs="+", default=None,
         help="settings of $PLAINMAMBA_TRITON_SCANS to compare (e.g. fwd:4,rev:2,bf:2, with"
-        " @rev:168 for register caps, /host for the offsets' gradient summed on the host); the"
-        " fastest per kernel is used for the model parts",
+        " @rev:168 for register caps); the fastest per kernel is used for the model parts",
     )  # fmt: skip
     parser.add_argument(
         "--freeze", type=int, default=1, help="compiled inference with inductor freezing (1/0)"

@@ -6,7 +6,7 @@
 # time limit so that the whole script ends before $DEADLINE seconds.
 #   DEADLINE=540 STAGES="tests kernel eager graphs ab profile mamba curves deit" \
 #     bash benchmarks/run_gpu.sh
-# (run tool: carry [".whl"]). SCANS="fwd:4,rev:4,bf:4/host fwd:2,rev:1,bf:1@rev:168" compares
+# (run tool: carry [".whl"]). SCANS="fwd:4,rev:4,bf:4 fwd:2,rev:1,bf:1@rev:168" compares
 # scans-per-program settings in the kernel stage; AB="VAR=x;VAR=y" times the model under each
 # setting in the ab stage. Stages run in that order; leave some out to split the work between
 # calls. TESTS_K selects tests (pytest -k); COMPARE_ATOMIC=0 skips the atomic variant.
