@@ -85,8 +85,7 @@ def main(argv: List[str] | None = None) -> int:
             (f"forward S={s}", zt._zz_fwd_kernel,
              dict(S=s, HAS_INIT=False, WRITE_Y=True, WRITE_STATE=False, STORE=True)),
             (f"bwd reverse S={s}", zt._zz_bwd_rev_kernel,
-             dict(S=s, HAS_CARRY=False, MAIN=True, STORE=True, LANES=True,
-                  DIRS=zt.offset_sums_in_kernel(s))),
+             dict(S=s, HAS_CARRY=False, MAIN=True, STORE=True, LANES=True)),
             (f"bwd forward S={s}", zt._zz_bwd_fwd_kernel, dict(S=s, HAS_INIT=False, LANES=True)),
         ]  # fmt: skip
     kernels += [

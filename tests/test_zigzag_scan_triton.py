@@ -114,23 +114,12 @@ else:
         for name, ref in g_ref.items():
             assert rel_err(grads[name], ref) < 2e-4, name
 
-    @pytest.mark.parametrize(
-        "scans, offset_grad",
-        [
-            ("fwd:1,rev:1,bf:1", "kernel"),
-            ("fwd:2,rev:4,bf:1", "kernel"),
-            ("fwd:4,rev:2,bf:4", "kernel"),
-            ("fwd:4,rev:4,bf:2", "host"),
-            ("fwd:4,rev:2,bf:2", "host"),
-        ],
-    )
-    def test_scans_per_program(scans, offset_grad, chunk, monkeypatch):
+    @pytest.mark.parametrize("scans", ["fwd:1,rev:1,bf:1", "fwd:2,rev:4,bf:1", "fwd:4,rev:2,bf:4"])
+    def test_scans_per_program(scans, chunk, monkeypatch):
         """Programs running 1, 2 or 4 of the scans (and different splits in the two backward
-        passes, whose partial sums are kept apart) give the same results, chunked too, with the
-        direction offsets' gradient summed by move code in the kernel or on the host."""
+        passes, whose partial sums are kept apart) give the same results, chunked too."""
         chunk(4)
         monkeypatch.setenv(zt.SCANS_ENV, scans)
-        monkeypatch.setenv(zt.OFFSET_GRAD_ENV, offset_grad)
         inputs = make_inputs(1, 3, 5, 40, 16)  # 4 chunks (the last short), 2 channel blocks
         y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
         y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
@@ -150,9 +139,6 @@ else:
         monkeypatch.setenv(zt.SCANS_ENV, "rev:3")
         with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_SCANS.*rev:2"):
             zt.scans_per_program("rev")
-        monkeypatch.setenv(zt.OFFSET_GRAD_ENV, "registers")
-        with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_OFFSET_GRAD.*'host'"):
-            zt.offset_sums_in_kernel(2)
         monkeypatch.setenv(zt.BLOCK_ENV, "48")
         with pytest.raises(ValueError, match="power of two"):
             zt.block_channels()

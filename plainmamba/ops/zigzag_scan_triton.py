@@ -504,7 +504,7 @@ def _rev_dir(r, a, gk, uk, code, dt, bkv, Cv, W, Usum, gam, acc1, acc2, acc3,
         if DIRS:
             # The code is uniform over the program, so these are cheap branches. Code 4's sum
             # is what is left of the total (the sum of dB over all steps) once codes 0-3 are
-            # taken.
+            # taken. (A program of one scan stores that scan's dB per step instead.)
             d = code & 7
             if d == 1:
                 acc1 = tl.fma(r, duk, acc1)
@@ -523,7 +523,7 @@ def _zz_bwd_rev_kernel(
     su_b, su_l, sd_b, sd_l, sb_b, sb_l, sg_b, sg_l, sg_k,
     BATCH, YSLAB, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr, HAS_CARRY: tl.constexpr,
-    MAIN: tl.constexpr, STORE: tl.constexpr, LANES: tl.constexpr, DIRS: tl.constexpr,
+    MAIN: tl.constexpr, STORE: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
     """Reverse pass over one chunk, for S of the four scans (as in the forward).
 
@@ -597,32 +597,28 @@ def _zz_bwd_rev_kernel(
         a = tl.exp2(dt[:, None] * A2)
         Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
         W = tl.zeros((BE, NP), tl.float32)
-        z = tl.zeros((BE, NP), tl.float32)
+        Usum = tl.zeros((BE, NP), tl.float32)
         gam = tl.zeros((BE,), tl.float32)
-        # dB: with DIRS the scans' terms add up in U1 (offsets' sums by code in registers),
-        # otherwise each scan keeps its own (a row each, summed by code on the host).
-        r1, du1, W, U1, gam, acc1, acc2, acc3 = _rev_dir(
-            r1, a, g1, u1, k1, dt, b1, Cv, W, z, gam, acc1, acc2, acc3, MAIN, DIRS
+        r1, du1, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
+            r1, a, g1, u1, k1, dt, b1, Cv, W, Usum, gam, acc1, acc2, acc3,
+            MAIN, S > 1,
         )  # fmt: skip
         du2 = du1
         du3 = du1
         du4 = du1
-        U2 = U1
-        U3 = U1
-        U4 = U1
         if S >= 2:
-            r2, du2, W, U2, gam, acc1, acc2, acc3 = _rev_dir(
-                r2, a, g2, u2, k2, dt, b2, Cv, W, U1 if DIRS else z, gam, acc1, acc2, acc3,
-                MAIN, DIRS,
+            r2, du2, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
+                r2, a, g2, u2, k2, dt, b2, Cv, W, Usum, gam, acc1, acc2, acc3,
+                MAIN, S > 1,
             )  # fmt: skip
         if S >= 4:
-            r3, du3, W, U3, gam, acc1, acc2, acc3 = _rev_dir(
-                r3, a, g3, u3, k3, dt, b3, Cv, W, U2 if DIRS else z, gam, acc1, acc2, acc3,
-                MAIN, DIRS,
+            r3, du3, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
+                r3, a, g3, u3, k3, dt, b3, Cv, W, Usum, gam, acc1, acc2, acc3,
+                MAIN, S > 1,
             )  # fmt: skip
-            r4, du4, W, U4, gam, acc1, acc2, acc3 = _rev_dir(
-                r4, a, g4, u4, k4, dt, b4, Cv, W, U3 if DIRS else z, gam, acc1, acc2, acc3,
-                MAIN, DIRS,
+            r4, du4, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
+                r4, a, g4, u4, k4, dt, b4, Cv, W, Usum, gam, acc1, acc2, acc3,
+                MAIN, S > 1,
             )  # fmt: skip
         if MAIN:
             dA_acc = tl.fma((s_after * dt)[:, None], W, dA_acc)
@@ -633,17 +629,7 @@ def _zz_bwd_rev_kernel(
             tl.store(gam_ptr + row, gam, mask=me)
             # psi_t = sum_n A_n r_n d_n over the program's scans (A = A2 * ln 2).
             tl.store(w_ptr + row, psi * dt * LN2, mask=me)
-            if DIRS:  # one row per program, its scans' sum (in the last U)
-                dbr = dbp_ptr + ((pid * BATCH + pb) * L + t) * NP
-                _store_state_sums(dbr, U4 if S >= 4 else (U2 if S >= 2 else U1), offs_n, NP, LANES)
-            else:  # a row per scan
-                dbr = dbp_ptr + ((pid * S * BATCH + pb) * L + t) * NP
-                _store_state_sums(dbr, U1, offs_n, NP, LANES)
-                if S >= 2:
-                    _store_state_sums(dbr + BATCH * L * NP, U2, offs_n, NP, LANES)
-                if S >= 4:
-                    _store_state_sums(dbr + 2 * BATCH * L * NP, U3, offs_n, NP, LANES)
-                    _store_state_sums(dbr + 3 * BATCH * L * NP, U4, offs_n, NP, LANES)
+            _store_state_sums(dbp_ptr + ((pid * BATCH + pb) * L + t) * NP, Usum, offs_n, NP, LANES)
         s_after += dt
 
         x = x_n
@@ -666,7 +652,7 @@ def _zz_bwd_rev_kernel(
     first = k0 == 0  # values the program's scans share: the first program stores them
     if MAIN:
         tl.store(dap_ptr + ((grp * BATCH + pb) * NCH + pc) * slab + st, dA_acc, mask=m2)
-        if DIRS:
+        if S > 1:
             dirb = dirp_ptr + ((pb * NCH + pc) * tl.num_programs(0) + pid) * 3 * NP + offs_n
             tl.store(dirb, tl.sum(acc1, axis=0))
             tl.store(dirb + NP, tl.sum(acc2, axis=0))
@@ -1079,14 +1065,13 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     gam = torch.empty((g_rev, batch, length, channels), device=dev, dtype=f32)
     psi = torch.empty((g_rev, batch, length, channels), device=dev, dtype=f32)
     phi = torch.empty((g_bf, batch, length, channels), device=dev, dtype=f32)
-    dbp = torch.empty((n_e * _db_rows(s_rev), batch, length, np_), device=dev, dtype=f32)
+    dbp = torch.empty((n_e * g_rev, batch, length, np_), device=dev, dtype=f32)
     dcp = torch.empty((n_e * g_bf, batch, length, np_), device=dev, dtype=f32)
     dar = torch.empty((g_rev, batch, n_chunks, np_, channels), device=dev, dtype=f32)
     dah = torch.empty((g_bf, batch, n_chunks, np_, channels), device=dev, dtype=f32)
-    # Without the offsets' sums in the kernel the host makes them (below): du is a placeholder.
-    dirs = offset_sums_in_kernel(s_rev)
-    dirp_shape = _dirp_shape(batch, n_chunks, n_e, s_rev, dirs, np_)
-    dirp = torch.empty(dirp_shape, device=dev, dtype=f32) if dirs else du
+    # One-scan programs leave the offsets' gradient to the host (below): du is a placeholder.
+    dirp_shape = _dirp_shape(batch, n_chunks, n_e, s_rev, np_)
+    dirp = torch.empty(dirp_shape, device=dev, dtype=f32) if s_rev > 1 else du
     sst = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
     strides = (
         *_row_strides(u), *_row_strides(delta), *_row_strides(bc),
@@ -1107,7 +1092,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
             du, gam, psi, dbp, dar, dirp, sst, plocal, dsum, *strides,
             batch, slab, length, channels, chunk, n_chunks,
             NP=np_, BE=block, S=s_rev, HAS_CARRY=False, MAIN=False, STORE=store, LANES=lanes,
-            DIRS=dirs, num_warps=warps,
+            num_warps=warps,
             **_regs("rev"),
         )  # fmt: skip
         rho = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=dev, dtype=f32)
@@ -1121,7 +1106,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         du, gam, psi, dbp, dar, dirp, sst, du, du, *strides,
         batch, slab, length, channels, chunk, n_chunks,
         NP=np_, BE=block, S=s_rev, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, LANES=lanes,
-        DIRS=dirs, num_warps=warps,
+        num_warps=warps,
         **_regs("rev"),
     )  # fmt: skip
     _launch(_zz_bwd_fwd_kernel, (n_e * g_bf, n_chunks, batch),
@@ -1131,9 +1116,9 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         NP=np_, BE=block, S=s_bf, HAS_INIT=n_chunks > 1, LANES=lanes, num_warps=warps,
         **_regs("bf"),
     )  # fmt: skip
-    if not dirs:
-        # Each scan's dB was stored per step (no offset sums in the kernel): the offsets'
-        # gradients are those summed by the code of the move at each step.
+    if s_rev == 1:
+        # Programs of one scan stored each scan's dB per step (no offset sums in the kernel):
+        # the offsets' gradients are those summed by the code of the move at each step.
         per_scan = dbp.view(n_e, 4, batch, length, np_).sum((0, 2))
         moves = F.one_hot((od & 7).long(), 5)[..., 1:4].to(f32)  # codes 1-3, (4, L, 3)
         dirp = torch.einsum("kld,kln->dn", moves, per_scan).view(dirp_shape)
@@ -1142,32 +1127,12 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     return du, gam, psi, phi, dbp, dcp, dar, dah, dirp
 
 
-def _dirp_shape(batch: int, n_chunks: int, n_e: int, scans: int, dirs: bool, n_pad: int):
-    # Per program, chunk and code 1-3: the direction offsets' gradient summed over channels;
-    # summed once on the host when the kernel leaves it out.
-    if not dirs:
+def _dirp_shape(batch: int, n_chunks: int, n_e: int, scans: int, n_pad: int) -> tuple:
+    # Per program, chunk and code 1-3: the direction offsets' gradient summed over channels; a
+    # program of one scan leaves it to the host, which sums it once.
+    if scans == 1:
         return (1, 1, 1, 3, n_pad)
     return (batch, n_chunks, n_e * (4 // scans), 3, n_pad)
-
-
-def _db_rows(scans: int) -> int:
-    # The reverse pass's dB rows per channel block: one per program (its scans' sum) when it
-    # sums the offsets' gradients itself, else one per scan.
-    return 4 // scans if offset_sums_in_kernel(scans) else 4
-
-
-OFFSET_GRAD_ENV = "PLAINMAMBA_TRITON_OFFSET_GRAD"
-
-
-def offset_sums_in_kernel(scans: int) -> bool:
-    """Where the direction offsets' gradient is summed by move code: ``kernel`` (default) keeps
-    the sums in the reverse pass's registers (48 of them, one dB row per program), ``host``
-    stores each scan's dB per step and sums them there. Programs of one scan always use
-    ``host``."""
-    mode = os.environ.get(OFFSET_GRAD_ENV, "kernel")
-    if mode not in ("kernel", "host"):
-        raise ValueError(f"${OFFSET_GRAD_ENV} must be 'kernel' or 'host', got {mode!r}")
-    return mode == "kernel" and scans > 1
 
 
 def _finish_grads(raw, gy, u, delta, B, C, D, delta_bias):
@@ -1234,9 +1199,7 @@ if not hasattr(torch.ops.plainmamba, "zigzag_scan_fwd"):
         n_state = triton.next_power_of_2(A.shape[1])
         n_e = -(-channels // block_channels(backward=True))
         n_chunks = -(-length // chunk)
-        s_rev = scans_per_program("rev")
-        g_rev, g_bf = 4 // s_rev, 4 // scans_per_program("bf")
-        dirs = offset_sums_in_kernel(s_rev)
+        g_rev, g_bf = 4 // scans_per_program("rev"), 4 // scans_per_program("bf")
         f32 = torch.float32
 
         def new(*shape):
@@ -1248,11 +1211,11 @@ if not hasattr(torch.ops.plainmamba, "zigzag_scan_fwd"):
             du = new(1, batch, length, channels)
         return (
             du, new(g_rev, batch, length, channels), new(g_rev, batch, length, channels),
-            new(g_bf, batch, length, channels), new(n_e * _db_rows(s_rev), batch, length, n_state),
+            new(g_bf, batch, length, channels), new(n_e * g_rev, batch, length, n_state),
             new(n_e * g_bf, batch, length, n_state),
             new(g_rev, batch, n_chunks, n_state, channels),
             new(g_bf, batch, n_chunks, n_state, channels),
-            new(*_dirp_shape(batch, n_chunks, n_e, s_rev, dirs, n_state)),
+            new(*_dirp_shape(batch, n_chunks, n_e, scans_per_program("rev"), n_state)),
         )  # fmt: skip
 
     def _setup_context(ctx, inputs, output):
