@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 _HALF_INPUTS = ("u_ptr", "dl_ptr", "gy_ptr")
-_ALIGNED_INTS = ("sb_b", "sb_l")
+_ALIGNED_INTS = ("sb_b", "sb_l", "sc_b", "sc_l")
 
 
 def compile_report(fn, constexprs: dict, num_warps: int, tmp: str, num_stages: int = 3) -> dict:

@@ -5,10 +5,11 @@ one chunk of steps and S of the four scan orders (``$PLAINMAMBA_TRITON_SCANS``, 
 thread owns one channel and keeps its N states of those orders in float32 registers, as (BE, N)
 tiles. Since delta, B and C are indexed by the step (SPEC 4.6), ``exp(delta_t * A)`` is computed
 once per step and shared by the program's recurrences; each recurrence gathers ``u`` at the token
-its order visits and reads its own row of B, to which the host has added the direction offset of
-the move that arrived (a (batch, L, 5, N) table of the four B rows and the C row of each step).
-Programs of fewer orders hold fewer registers but repeat that shared work; their results that
-sum over orders are partial sums, added up on the host.
+its order visits and adds the direction offset of the move that arrived to ``B_t``: the forward
+reads the (5, N) offset table from L1 while it prefetches the B and C rows a step ahead; the
+backward passes read per-step tables made on the host, the four scans' B rows with their offsets
+added and the C row. Programs of fewer orders hold fewer registers but repeat that shared work;
+their results that sum over orders are partial sums, added up on the host.
 
 Register layout. A is passed as ``(A * log2 e)^T``, (N, E), and saved states are (N, E) too, so
 every 2-D tile in memory is contiguous along channels: Triton then gives each thread a channel and
@@ -256,6 +257,18 @@ def _store4(ptr, slab, mask, h1, h2, h3, h4, S: tl.constexpr):
 
 
 @triton.jit
+def _vec(base, t, stride, offs_n):
+    # A step's row of B or C (NP states; padded on the host when N is not a power of two).
+    return tl.load(base + t * stride + offs_n).to(tl.float32)
+
+
+@triton.jit
+def _bk(Bc, p_ptr, code, offs_n, NP: tl.constexpr):
+    # B_t plus the offset of the move that arrived: the (5, NP) table stays in L1.
+    return Bc + tl.load(p_ptr + (code & 7) * NP + offs_n)
+
+
+@triton.jit
 def _step_rows(bc_t, k0, offs_n, NP: tl.constexpr, S: tl.constexpr):
     # A step's row of C and its rows of B plus the direction offset of the move that arrived,
     # for the program's S scans: one (5, NP) block of the table made by _state_params, so that
@@ -344,9 +357,9 @@ def _put_rows(out_b, slab, E, offs_e, me, k1, v1, k2, v2, k3, v3, k4, v4,
 
 @triton.jit
 def _zz_fwd_kernel(
-    u_ptr, dl_ptr, bc_ptr, a_ptr, d_ptr, bias_ptr, od_ptr,
+    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, d_ptr, bias_ptr, od_ptr,
     y_ptr, hin_ptr, hend_ptr, dsum_ptr,
-    su_b, su_l, sd_b, sd_l, sb_b, sb_l,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l,
     YSLAB, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_STATE: tl.constexpr, STORE: tl.constexpr,
@@ -374,7 +387,8 @@ def _zz_fwd_kernel(
     Dv = tl.load(d_ptr + offs_e, mask=me, other=0.0)
     u_b = u_ptr + pb * su_b
     dl_b = dl_ptr + pb * sd_b
-    bc_b = bc_ptr + pb * sb_b
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
     y_b = y_ptr + pb * L * E
     if STORE:  # the program's first scan's slab (atomics add into one buffer)
         y_b += k0 * YSLAB
@@ -393,28 +407,29 @@ def _zz_fwd_kernel(
     tq = tl.minimum(t0 + 1, t1 - 1)
     q1, q2, q3, q4 = _codes(od_k, L, tq, S)
     x = _row(dl_b, t0, sd_l, offs_e, me)
+    Bc = _vec(b_b, t0, sb_l, offs_n)
+    Cc = _vec(c_b, t0, sc_l, offs_n)
     u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, 0, offs_e, me, S)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
-        # The B and C rows are loaded in the step that uses them (prefetching takes 16 registers
-        # a row); their latency hides behind the softplus and the exponentials.
-        Cc, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
+        B_n = _vec(b_b, tn, sb_l, offs_n)
+        C_n = _vec(c_b, tn, sc_l, offs_n)
         u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, 0, offs_e, me, S)
         r1, r2, r3, r4 = _codes(od_k, L, tnn, S)
 
         dt = _softplus(x + bias)
         dA = tl.exp2(dt[:, None] * A2)
-        h1, y1 = _fwd_dir(h1, dA, dt, u1, b1, Cc, Dv)
+        h1, y1 = _fwd_dir(h1, dA, dt, u1, _bk(Bc, p_ptr, k1, offs_n, NP), Cc, Dv)
         y2 = y1
         y3 = y1
         y4 = y1
         if S >= 2:
-            h2, y2 = _fwd_dir(h2, dA, dt, u2, b2, Cc, Dv)
+            h2, y2 = _fwd_dir(h2, dA, dt, u2, _bk(Bc, p_ptr, k2, offs_n, NP), Cc, Dv)
         if S >= 4:
-            h3, y3 = _fwd_dir(h3, dA, dt, u3, b3, Cc, Dv)
-            h4, y4 = _fwd_dir(h4, dA, dt, u4, b4, Cc, Dv)
+            h3, y3 = _fwd_dir(h3, dA, dt, u3, _bk(Bc, p_ptr, k3, offs_n, NP), Cc, Dv)
+            h4, y4 = _fwd_dir(h4, dA, dt, u4, _bk(Bc, p_ptr, k4, offs_n, NP), Cc, Dv)
         if WRITE_Y:
             _put_rows(y_b, YSLAB, E, offs_e, me,
                       k1 >> 3, y1, k2 >> 3, y2, k3 >> 3, y3, k4 >> 3, y4, S, STORE)  # fmt: skip
@@ -422,6 +437,8 @@ def _zz_fwd_kernel(
             dsum += dt
 
         x = x_n
+        Bc = B_n
+        Cc = C_n
         u1 = u1_n
         u2 = u2_n
         u3 = u3_n
@@ -970,17 +987,15 @@ def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _state_params(A: Tensor, B: Tensor, C: Tensor, direction_Bs: Tensor, od: Tensor, n_pad: int):
-    """``A * log2(e)`` as (n_pad, E), and the per-step rows of B and C as one float32 table
-    (batch, L, 5, n_pad): rows 0-3 are B plus the direction offset by which scan 1-4 arrived,
-    row 4 is C.
+def _state_params(A: Tensor, B: Tensor, C: Tensor, direction_Bs: Tensor, n_pad: int):
+    """``A * log2(e)`` as (n_pad, E); B, C (float32, contiguous) and the direction offsets with
+    n_pad states.
 
-    B and C are small (N values per token against E per channel row): as float32 rows of n_pad
-    values each thread reads a row with four 16-byte loads and no conversions, and the five rows
-    of a step share one address. The offsets are added here once per (scan, step), where the
-    kernels would add them in every channel's recurrence (an add per state and scan in every
-    step). States past N are zero-padded (only when N is not a power of two): with A = 0 and
-    B = C = 0 they stay zero and add nothing.
+    B and C are small (N values per token against E per channel row); as contiguous float32
+    rows of n_pad values each thread reads a step's row with four 16-byte loads and no
+    conversions, where x_proj's bf16 view (row stride dt_rank + 2N) costs 2 x 16 scalar loads
+    and conversions per step. States past N are zero-padded (only when N is not a power of
+    two): with A = 0 and B = C = 0 they stay zero and add nothing.
     """
     n_state = A.shape[1]
     a2 = (A.float() * LOG2E).t()
@@ -989,17 +1004,28 @@ def _state_params(A: Tensor, B: Tensor, C: Tensor, direction_Bs: Tensor, od: Ten
         extra = n_pad - n_state
         a2 = F.pad(a2, (0, 0, 0, extra))
         B, C, direction_Bs = (F.pad(t, (0, extra)) for t in (B, C, direction_Bs))
-    offsets = direction_Bs[(od & 7).long()].transpose(0, 1)  # (L, 4, n_pad)
-    table = torch.cat([B[:, :, None] + offsets, C[:, :, None]], dim=2)
-    return a2.contiguous(), table
+    return a2.contiguous(), B.contiguous(), C.contiguous(), direction_Bs.contiguous()
+
+
+def _step_table(B: Tensor, C: Tensor, P: Tensor, od: Tensor) -> Tensor:
+    """The backward's per-step rows, (batch, L, 5, n_pad) float32: rows 0-3 are B plus the
+    direction offset by which scan 1-4 arrived, row 4 is C (B, C, P from _state_params).
+
+    The offsets are added here once per (scan, step), where the kernels would add them in every
+    channel's recurrence, and a step's five rows share one address. (The forward keeps B, C
+    and the offsets apart: it prefetches B and C a step ahead, and the four B rows would take
+    too many registers.)
+    """
+    offsets = P[(od & 7).long()].transpose(0, 1)  # (L, 4, n_pad)
+    return torch.cat([B[:, :, None] + offsets, C[:, :, None]], dim=2)
 
 
 def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     u, delta = _unit_last(u), _unit_last(delta)
     batch, length, channels = u.shape
     np_ = triton.next_power_of_2(A.shape[1])
+    a2, B, C, P = _state_params(A, B, C, direction_Bs, np_)
     od = order_table(h, w, u.device)
-    a2, bc = _state_params(A, B, C, direction_Bs, od, np_)
     block = block_channels()
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
@@ -1010,7 +1036,7 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     else:
         y = torch.zeros((batch, length, channels), device=u.device, dtype=f32)
     hin = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=u.device, dtype=f32)
-    strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(bc))
+    strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(B), *_row_strides(C))
     warps = _num_warps(block)
     scans = scans_per_program("fwd")
     grid = (n_e * (4 // scans), n_chunks, batch)
@@ -1018,7 +1044,7 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         hend = torch.empty((batch, n_chunks, 4, np_, channels), device=u.device, dtype=f32)
         dsum = torch.empty((batch, n_chunks, channels), device=u.device, dtype=f32)
         _launch(_zz_fwd_kernel, grid,
-            u, delta, bc, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
+            u, delta, B, C, P, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
             batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
             S=scans, HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, STORE=store,
             num_warps=warps,
@@ -1030,7 +1056,7 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         )  # fmt: skip
     # An empty tensor may have a null pointer, which Triton's launcher refuses: pass y instead.
     _launch(_zz_fwd_kernel, grid,
-        u, delta, bc, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
+        u, delta, B, C, P, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
         batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
         S=scans, HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, STORE=store,
         num_warps=warps,
@@ -1049,7 +1075,8 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     batch, length, channels = u.shape
     np_ = triton.next_power_of_2(A.shape[1])
     od = order_table(h, w, u.device)
-    a2, bc = _state_params(A, B, C, direction_Bs, od, np_)
+    a2, Bp, Cp, P = _state_params(A, B, C, direction_Bs, np_)
+    bc = _step_table(Bp, Cp, P, od)
     block = block_channels(backward=True)
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
