@@ -595,10 +595,17 @@ def _zz_bwd_rev_kernel(
         u2 = x
         u3 = x
         u4 = x
+    # Programs of one scan have the registers to prefetch a step's rows (2 x 16 of them), so
+    # their loads' latency is hidden; with more scans the rows take too many.
+    if S == 1:
+        Cq, bq1, bq2, bq3, bq4 = _step_rows(bc_b + tl0 * sb_l, k0, offs_n, NP, S)
     for s in range(0, t1 - t0):
         t = tl0 - s
         tn = tl.maximum(t - 1, t0)
         tnn = tl.maximum(t - 2, t0)
+        if S == 1:  # the rows a step ahead
+            Cv, b1, b2, b3, b4 = Cq, bq1, bq2, bq3, bq4
+            Cq, bq1, bq2, bq3, bq4 = _step_rows(bc_b + tn * sb_l, k0, offs_n, NP, S)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
         g1_n, g2_n, g3_n, g4_n = _gather(g_b, q1, q2, q3, q4, sg_l, sg_k, offs_e, me, S)
         if MAIN:
@@ -612,7 +619,8 @@ def _zz_bwd_rev_kernel(
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
-        Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
+        if S > 1:
+            Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
         W = tl.zeros((BE, NP), tl.float32)
         Usum = tl.zeros((BE, NP), tl.float32)
         gam = tl.zeros((BE,), tl.float32)
@@ -735,9 +743,16 @@ def _zz_bwd_fwd_kernel(
     x = _row(dl_b, t0, sd_l, offs_e, me)
     u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, 0, offs_e, me, S)
     g1, g2, g3, g4 = _gather(g_b, k1, k2, k3, k4, sg_l, sg_k, offs_e, me, S)
+    # Programs of one scan have the registers to prefetch a step's rows (2 x 16 of them), so
+    # their loads' latency is hidden; with more scans the rows take too many.
+    if S == 1:
+        Cq, bq1, bq2, bq3, bq4 = _step_rows(bc_b + t0 * sb_l, k0, offs_n, NP, S)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
+        if S == 1:  # the rows a step ahead
+            Cv, b1, b2, b3, b4 = Cq, bq1, bq2, bq3, bq4
+            Cq, bq1, bq2, bq3, bq4 = _step_rows(bc_b + tn * sb_l, k0, offs_n, NP, S)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
         u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, 0, offs_e, me, S)
         g1_n, g2_n, g3_n, g4_n = _gather(g_b, q1, q2, q3, q4, sg_l, sg_k, offs_e, me, S)
@@ -745,7 +760,8 @@ def _zz_bwd_fwd_kernel(
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
-        Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
+        if S > 1:
+            Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
         G = tl.zeros((BE, NP), tl.float32)
         h1, G = _fb_dir(h1, a, dt, u1, g1, b1, G)
         if S >= 2:
