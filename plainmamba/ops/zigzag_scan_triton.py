@@ -288,46 +288,9 @@ def _step_rows(bc_t, k0, offs_n, NP: tl.constexpr, S: tl.constexpr):
 
 
 @triton.jit
-def _split_cols(x, c):
-    # The even and odd columns of a (BE, M) tile and of its (M,) row of weights.
-    xa, xb = tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
-    ca, cb = tl.split(tl.reshape(c, (c.shape[0] // 2, 2)))
-    return xa, ca, xb, cb
-
-
-@triton.jit
-def _dot_states(h, c, acc):
-    """``acc + sum_n h[:, n] * c[n]`` for a (BE, NP) tile, mostly as fused multiply-adds.
-
-    ``tl.sum(h * c)`` compiles to NP multiplies and NP - 1 adds. Split into eight column groups
-    (free: a thread holds all NP states), the products chain into FMAs: for NP = 16, 2
-    multiplies, 14 FMAs and 2 adds where the sum took 31 instructions.
-    """
-    if h.shape[1] < 8:
-        return acc + tl.sum(h * c[None, :], axis=1)
-    else:
-        h0, c0, h1, c1 = _split_cols(h, c)
-        h00, c00, h01, c01 = _split_cols(h0, c0)
-        h10, c10, h11, c11 = _split_cols(h1, c1)
-        ha, ca, hb, cb = _split_cols(h00, c00)
-        p = ha * ca[None, :]
-        p = tl.fma(hb, cb[None, :], p)
-        ha, ca, hb, cb = _split_cols(h01, c01)
-        p = tl.fma(ha, ca[None, :], p)
-        p = tl.fma(hb, cb[None, :], p)
-        ha, ca, hb, cb = _split_cols(h10, c10)
-        p = tl.fma(ha, ca[None, :], p)
-        p = tl.fma(hb, cb[None, :], p)
-        ha, ca, hb, cb = _split_cols(h11, c11)
-        p = tl.fma(ha, ca[None, :], p)
-        p = tl.fma(hb, cb[None, :], p)
-        return acc + tl.sum(p, axis=1)
-
-
-@triton.jit
 def _fwd_dir(h, dA, dt, uk, bkv, Cv, Dv):
     h = dA * h + bkv[None, :] * (dt * uk)[:, None]
-    return h, _dot_states(h, Cv, Dv * uk)
+    return h, tl.sum(h * Cv[None, :], axis=1) + Dv * uk
 
 
 @triton.jit
