@@ -5,11 +5,9 @@ one chunk of steps and S of the four scan orders (``$PLAINMAMBA_TRITON_SCANS``, 
 thread owns one channel and keeps its N states of those orders in float32 registers, as (BE, N)
 tiles. Since delta, B and C are indexed by the step (SPEC 4.6), ``exp(delta_t * A)`` is computed
 once per step and shared by the program's recurrences; each recurrence gathers ``u`` at the token
-its order visits and adds the direction offset of the move that arrived to ``B_t``: the forward
-reads the (5, N) offset table from L1 while it prefetches the B and C rows a step ahead; the
-backward passes read per-step tables made on the host, the four scans' B rows with their offsets
-added and the C row. Programs of fewer orders hold fewer registers but repeat that shared work;
-their results that sum over orders are partial sums, added up on the host.
+its order visits and adds the direction offset of the move that arrived to ``B_t`` (the (5, N)
+offset table stays in L1). Programs of fewer orders hold fewer registers but repeat that shared
+work; their results that sum over orders are partial sums, added up on the host.
 
 Register layout. A is passed as ``(A * log2 e)^T``, (N, E), and saved states are (N, E) too, so
 every 2-D tile in memory is contiguous along channels: Triton then gives each thread a channel and
@@ -269,25 +267,6 @@ def _bk(Bc, p_ptr, code, offs_n, NP: tl.constexpr):
 
 
 @triton.jit
-def _step_rows(bc_t, k0, offs_n, NP: tl.constexpr, S: tl.constexpr):
-    # A step's row of C and its rows of B plus the direction offset of the move that arrived,
-    # for the program's S scans: one (5, NP) block of the table made by _state_params, so that
-    # one address serves the five rows.
-    Cv = tl.load(bc_t + 4 * NP + offs_n)
-    b_k = bc_t + k0 * NP + offs_n
-    b1 = tl.load(b_k)
-    b2 = b1
-    b3 = b1
-    b4 = b1
-    if S >= 2:
-        b2 = tl.load(b_k + NP)
-    if S >= 4:
-        b3 = tl.load(b_k + 2 * NP)
-        b4 = tl.load(b_k + 3 * NP)
-    return Cv, b1, b2, b3, b4
-
-
-@triton.jit
 def _fwd_dir(h, dA, dt, uk, bkv, Cv, Dv):
     h = dA * h + bkv[None, :] * (dt * uk)[:, None]
     return h, tl.sum(h * Cv[None, :], axis=1) + Dv * uk
@@ -467,13 +446,13 @@ def _zz_carry_kernel(a_ptr, src_ptr, dsum_ptr, dst_ptr, later_ptr, E, NCH,
 
 
 @triton.jit
-def _rev_dir(r, a, gk, uk, code, dt, bkv, Cv, W, Usum, gam, acc1, acc2, acc3,
-             MAIN: tl.constexpr, DIRS: tl.constexpr):  # fmt: skip
+def _rev_dir(r, a, gk, uk, code, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+             NP: tl.constexpr, MAIN: tl.constexpr, DIRS: tl.constexpr):  # fmt: skip
     # r holds a_{t+1} * r_{t+1} on entry (the decay was applied at the end of the later step).
     r = tl.fma(Cv[None, :], gk[:, None], r)
     du = gk  # du (dt * dv) is returned and added to its token after the step's loads
     if MAIN:
-        rb = r * bkv[None, :]
+        rb = r * _bk(Bc, p_ptr, code, offs_n, NP)[None, :]
         dv = tl.sum(rb, axis=1)
         du = dt * dv
         gam += uk * dv
@@ -497,10 +476,10 @@ def _rev_dir(r, a, gk, uk, code, dt, bkv, Cv, W, Usum, gam, acc1, acc2, acc3,
 
 @triton.jit
 def _zz_bwd_rev_kernel(
-    u_ptr, dl_ptr, bc_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
+    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
     rho_ptr, later_ptr,
     du_ptr, gam_ptr, w_ptr, dbp_ptr, dap_ptr, dirp_ptr, sst_ptr, plocal_ptr, dsum_ptr,
-    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sg_b, sg_l, sg_k,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l, sg_k,
     BATCH, YSLAB, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr, HAS_CARRY: tl.constexpr,
     MAIN: tl.constexpr, STORE: tl.constexpr, LANES: tl.constexpr,
@@ -530,7 +509,8 @@ def _zz_bwd_rev_kernel(
     u_b = u_ptr + pb * su_b
     g_b = gy_ptr + pb * sg_b + k0 * sg_k
     dl_b = dl_ptr + pb * sd_b
-    bc_b = bc_ptr + pb * sb_b
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
     du_b = du_ptr + pb * L * E
     if STORE:
         du_b += k0 * YSLAB
@@ -558,17 +538,10 @@ def _zz_bwd_rev_kernel(
         u2 = x
         u3 = x
         u4 = x
-    # Programs of one scan have the registers to prefetch a step's rows (2 x 16 of them), so
-    # their loads' latency is hidden; with more scans the rows take too many.
-    if S == 1:
-        Cq, bq1, bq2, bq3, bq4 = _step_rows(bc_b + tl0 * sb_l, k0, offs_n, NP, S)
     for s in range(0, t1 - t0):
         t = tl0 - s
         tn = tl.maximum(t - 1, t0)
         tnn = tl.maximum(t - 2, t0)
-        if S == 1:  # the rows a step ahead
-            Cv, b1, b2, b3, b4 = Cq, bq1, bq2, bq3, bq4
-            Cq, bq1, bq2, bq3, bq4 = _step_rows(bc_b + tn * sb_l, k0, offs_n, NP, S)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
         g1_n, g2_n, g3_n, g4_n = _gather(g_b, q1, q2, q3, q4, sg_l, sg_k, offs_e, me, S)
         if MAIN:
@@ -582,31 +555,31 @@ def _zz_bwd_rev_kernel(
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
-        if S > 1:
-            Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
+        Cv = _vec(c_b, t, sc_l, offs_n)
+        Bc = _vec(b_b, t, sb_l, offs_n)
         W = tl.zeros((BE, NP), tl.float32)
         Usum = tl.zeros((BE, NP), tl.float32)
         gam = tl.zeros((BE,), tl.float32)
         r1, du1, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-            r1, a, g1, u1, k1, dt, b1, Cv, W, Usum, gam, acc1, acc2, acc3,
-            MAIN, S > 1,
+            r1, a, g1, u1, k1, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+            NP, MAIN, S > 1,
         )  # fmt: skip
         du2 = du1
         du3 = du1
         du4 = du1
         if S >= 2:
             r2, du2, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-                r2, a, g2, u2, k2, dt, b2, Cv, W, Usum, gam, acc1, acc2, acc3,
-                MAIN, S > 1,
+                r2, a, g2, u2, k2, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+                NP, MAIN, S > 1,
             )  # fmt: skip
         if S >= 4:
             r3, du3, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-                r3, a, g3, u3, k3, dt, b3, Cv, W, Usum, gam, acc1, acc2, acc3,
-                MAIN, S > 1,
+                r3, a, g3, u3, k3, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+                NP, MAIN, S > 1,
             )  # fmt: skip
             r4, du4, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-                r4, a, g4, u4, k4, dt, b4, Cv, W, Usum, gam, acc1, acc2, acc3,
-                MAIN, S > 1,
+                r4, a, g4, u4, k4, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
+                NP, MAIN, S > 1,
             )  # fmt: skip
         if MAIN:
             dA_acc = tl.fma((s_after * dt)[:, None], W, dA_acc)
@@ -661,9 +634,9 @@ def _fb_dir(h, a, dt, uk, gk, bkv, G):
 
 @triton.jit
 def _zz_bwd_fwd_kernel(
-    u_ptr, dl_ptr, bc_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
+    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
     hin_ptr, sst_ptr, phi_ptr, dcp_ptr, dah_ptr,
-    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sg_b, sg_l, sg_k,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l, sg_k,
     BATCH, YSLAB, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr, HAS_INIT: tl.constexpr,
     LANES: tl.constexpr,
@@ -689,7 +662,8 @@ def _zz_bwd_fwd_kernel(
     u_b = u_ptr + pb * su_b
     g_b = gy_ptr + pb * sg_b + k0 * sg_k
     dl_b = dl_ptr + pb * sd_b
-    bc_b = bc_ptr + pb * sb_b
+    b_b = b_ptr + pb * sb_b
+    c_b = c_ptr + pb * sc_b
     od_k = od_ptr + k0 * L
     if HAS_INIT:
         hb = hin_ptr + ((pb * (NCH - 1) + pc - 1) * 4 + k0) * slab + st
@@ -706,16 +680,9 @@ def _zz_bwd_fwd_kernel(
     x = _row(dl_b, t0, sd_l, offs_e, me)
     u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, 0, offs_e, me, S)
     g1, g2, g3, g4 = _gather(g_b, k1, k2, k3, k4, sg_l, sg_k, offs_e, me, S)
-    # Programs of one scan have the registers to prefetch a step's rows (2 x 16 of them), so
-    # their loads' latency is hidden; with more scans the rows take too many.
-    if S == 1:
-        Cq, bq1, bq2, bq3, bq4 = _step_rows(bc_b + t0 * sb_l, k0, offs_n, NP, S)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
-        if S == 1:  # the rows a step ahead
-            Cv, b1, b2, b3, b4 = Cq, bq1, bq2, bq3, bq4
-            Cq, bq1, bq2, bq3, bq4 = _step_rows(bc_b + tn * sb_l, k0, offs_n, NP, S)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
         u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, 0, offs_e, me, S)
         g1_n, g2_n, g3_n, g4_n = _gather(g_b, q1, q2, q3, q4, sg_l, sg_k, offs_e, me, S)
@@ -723,15 +690,15 @@ def _zz_bwd_fwd_kernel(
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
-        if S > 1:
-            Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
+        Cv = _vec(c_b, t, sc_l, offs_n)
+        Bc = _vec(b_b, t, sb_l, offs_n)
         G = tl.zeros((BE, NP), tl.float32)
-        h1, G = _fb_dir(h1, a, dt, u1, g1, b1, G)
+        h1, G = _fb_dir(h1, a, dt, u1, g1, _bk(Bc, p_ptr, k1, offs_n, NP), G)
         if S >= 2:
-            h2, G = _fb_dir(h2, a, dt, u2, g2, b2, G)
+            h2, G = _fb_dir(h2, a, dt, u2, g2, _bk(Bc, p_ptr, k2, offs_n, NP), G)
         if S >= 4:
-            h3, G = _fb_dir(h3, a, dt, u3, g3, b3, G)
-            h4, G = _fb_dir(h4, a, dt, u4, g4, b4, G)
+            h3, G = _fb_dir(h3, a, dt, u3, g3, _bk(Bc, p_ptr, k3, offs_n, NP), G)
+            h4, G = _fb_dir(h4, a, dt, u4, g4, _bk(Bc, p_ptr, k4, offs_n, NP), G)
         run -= dt  # now the sum of delta after step t
         CG = Cv[None, :] * G
         row = grp * YSLAB + (pb * L + t) * E + offs_e
@@ -986,19 +953,6 @@ def _state_params(A: Tensor, B: Tensor, C: Tensor, direction_Bs: Tensor, n_pad: 
     return a2.contiguous(), B.contiguous(), C.contiguous(), direction_Bs.contiguous()
 
 
-def _step_table(B: Tensor, C: Tensor, P: Tensor, od: Tensor) -> Tensor:
-    """The backward's per-step rows, (batch, L, 5, n_pad) float32: rows 0-3 are B plus the
-    direction offset by which scan 1-4 arrived, row 4 is C (B, C, P from _state_params).
-
-    The offsets are added here once per (scan, step), where the kernels would add them in every
-    channel's recurrence, and a step's five rows share one address. (The forward keeps B, C
-    and the offsets apart: it prefetches B and C a step ahead, and the four B rows would take
-    too many registers.)
-    """
-    offsets = P[(od & 7).long()].transpose(0, 1)  # (L, 4, n_pad)
-    return torch.cat([B[:, :, None] + offsets, C[:, :, None]], dim=2)
-
-
 def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     u, delta = _unit_last(u), _unit_last(delta)
     batch, length, channels = u.shape
@@ -1053,9 +1007,8 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     sg_k = gy.stride(0) if gy.shape[0] == 4 else 0
     batch, length, channels = u.shape
     np_ = triton.next_power_of_2(A.shape[1])
-    od = order_table(h, w, u.device)
     a2, Bp, Cp, P = _state_params(A, B, C, direction_Bs, np_)
-    bc = _step_table(Bp, Cp, P, od)
+    od = order_table(h, w, u.device)
     block = block_channels(backward=True)
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
@@ -1080,7 +1033,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     dirp = torch.empty(dirp_shape, device=dev, dtype=f32) if s_rev > 1 else du
     sst = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
     strides = (
-        *_row_strides(u), *_row_strides(delta), *_row_strides(bc),
+        *_row_strides(u), *_row_strides(delta), *_row_strides(Bp), *_row_strides(Cp),
         gy.stride(1), gy.stride(2), sg_k,
     )  # fmt: skip
     warps = _num_warps(block)
@@ -1094,7 +1047,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         plocal = torch.empty((batch, n_chunks, 4, np_, channels), device=dev, dtype=f32)
         dsum = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
         _launch(_zz_bwd_rev_kernel, grid_rev,
-            u, delta, bc, a2, delta_bias, od, gy, du, du,
+            u, delta, Bp, Cp, P, a2, delta_bias, od, gy, du, du,
             du, gam, psi, dbp, dar, dirp, sst, plocal, dsum, *strides,
             batch, slab, length, channels, chunk, n_chunks,
             NP=np_, BE=block, S=s_rev, HAS_CARRY=False, MAIN=False, STORE=store, LANES=lanes,
@@ -1108,7 +1061,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
             num_warps=warps,
         )  # fmt: skip
     _launch(_zz_bwd_rev_kernel, grid_rev,
-        u, delta, bc, a2, delta_bias, od, gy, rho, later,
+        u, delta, Bp, Cp, P, a2, delta_bias, od, gy, rho, later,
         du, gam, psi, dbp, dar, dirp, sst, du, du, *strides,
         batch, slab, length, channels, chunk, n_chunks,
         NP=np_, BE=block, S=s_rev, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, LANES=lanes,
@@ -1116,7 +1069,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         **_regs("rev"),
     )  # fmt: skip
     _launch(_zz_bwd_fwd_kernel, (n_e * g_bf, n_chunks, batch),
-        u, delta, bc, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
+        u, delta, Bp, Cp, P, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
         phi, dcp, dah, *strides,
         batch, slab, length, channels, chunk, n_chunks,
         NP=np_, BE=block, S=s_bf, HAS_INIT=n_chunks > 1, LANES=lanes, num_warps=warps,
