@@ -1020,16 +1020,13 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         du = torch.empty((4, batch, length, channels), device=dev, dtype=u.dtype)
     else:
         du = torch.zeros((batch, length, channels), device=dev, dtype=f32)
-    # Partial sums over each program's scans: a slab per scan group, a row per program.
-    gam = torch.empty((g_rev, batch, length, channels), device=dev, dtype=f32)
-    psi = torch.empty((g_rev, batch, length, channels), device=dev, dtype=f32)
-    phi = torch.empty((g_bf, batch, length, channels), device=dev, dtype=f32)
-    dbp = torch.empty((n_e * g_rev, batch, length, np_), device=dev, dtype=f32)
-    dcp = torch.empty((n_e * g_bf, batch, length, np_), device=dev, dtype=f32)
-    dar = torch.empty((g_rev, batch, n_chunks, np_, channels), device=dev, dtype=f32)
-    dah = torch.empty((g_bf, batch, n_chunks, np_, channels), device=dev, dtype=f32)
+    shapes = _partial_shapes(batch, length, channels, np_, n_chunks)
+    gam, psi, phi, dbp, dcp, dar, dah = (
+        torch.empty(shapes[name], device=dev, dtype=f32)
+        for name in ("gam", "psi", "phi", "dbp", "dcp", "dar", "dah")
+    )
     # One-scan programs leave the offsets' gradient to the host (below): du is a placeholder.
-    dirp_shape = _dirp_shape(batch, n_chunks, n_e, s_rev, np_)
+    dirp_shape = shapes["dirp"]
     dirp = torch.empty(dirp_shape, device=dev, dtype=f32) if s_rev > 1 else du
     sst = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
     strides = (
@@ -1086,12 +1083,26 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     return du, gam, psi, phi, dbp, dcp, dar, dah, dirp
 
 
-def _dirp_shape(batch: int, n_chunks: int, n_e: int, scans: int, n_pad: int) -> tuple:
-    # Per program, chunk and code 1-3: the direction offsets' gradient summed over channels; a
-    # program of one scan leaves it to the host, which sums it once.
-    if scans == 1:
-        return (1, 1, 1, 3, n_pad)
-    return (batch, n_chunks, n_e * (4 // scans), 3, n_pad)
+def _partial_shapes(batch: int, length: int, channels: int, n_pad: int, n_chunks: int) -> dict:
+    """Shapes of the backward's float32 partial sums, in _bwd_impl's return order after du (its
+    fake implementation uses them too): a slab per scan group (gam, psi, phi, dA's halves), a
+    row per program (dB, dC), and per program, chunk and code 1-3 the direction offsets'
+    gradient summed over channels (a program of one scan leaves that to the host, which sums it
+    once)."""
+    n_e = -(-channels // block_channels(backward=True))
+    s_rev = scans_per_program("rev")
+    g_rev, g_bf = 4 // s_rev, 4 // scans_per_program("bf")
+    dirp = (1, 1, 1, 3, n_pad) if s_rev == 1 else (batch, n_chunks, n_e * g_rev, 3, n_pad)
+    return {
+        "gam": (g_rev, batch, length, channels),
+        "psi": (g_rev, batch, length, channels),
+        "phi": (g_bf, batch, length, channels),
+        "dbp": (n_e * g_rev, batch, length, n_pad),
+        "dcp": (n_e * g_bf, batch, length, n_pad),
+        "dar": (g_rev, batch, n_chunks, n_pad, channels),
+        "dah": (g_bf, batch, n_chunks, n_pad, channels),
+        "dirp": dirp,
+    }
 
 
 def _finish_grads(raw, gy, u, delta, B, C, D, delta_bias):
@@ -1156,9 +1167,7 @@ if not hasattr(torch.ops.plainmamba, "zigzag_scan_fwd"):
     def _bwd_fake(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chunk):
         batch, length, channels = u.shape
         n_state = triton.next_power_of_2(A.shape[1])
-        n_e = -(-channels // block_channels(backward=True))
         n_chunks = -(-length // chunk)
-        g_rev, g_bf = 4 // scans_per_program("rev"), 4 // scans_per_program("bf")
         f32 = torch.float32
 
         def new(*shape):
@@ -1168,14 +1177,8 @@ if not hasattr(torch.ops.plainmamba, "zigzag_scan_fwd"):
             du = u.new_empty((4, batch, length, channels))
         else:
             du = new(1, batch, length, channels)
-        return (
-            du, new(g_rev, batch, length, channels), new(g_rev, batch, length, channels),
-            new(g_bf, batch, length, channels), new(n_e * g_rev, batch, length, n_state),
-            new(n_e * g_bf, batch, length, n_state),
-            new(g_rev, batch, n_chunks, n_state, channels),
-            new(g_bf, batch, n_chunks, n_state, channels),
-            new(*_dirp_shape(batch, n_chunks, n_e, scans_per_program("rev"), n_state)),
-        )  # fmt: skip
+        shapes = _partial_shapes(batch, length, channels, n_state, n_chunks)
+        return (du, *(new(*shape) for shape in shapes.values()))
 
     def _setup_context(ctx, inputs, output):
         u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk = inputs
