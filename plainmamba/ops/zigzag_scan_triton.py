@@ -5,9 +5,10 @@ one chunk of steps and S of the four scan orders (``$PLAINMAMBA_TRITON_SCANS``, 
 thread owns one channel and keeps its N states of those orders in float32 registers, as (BE, N)
 tiles. Since delta, B and C are indexed by the step (SPEC 4.6), ``exp(delta_t * A)`` is computed
 once per step and shared by the program's recurrences; each recurrence gathers ``u`` at the token
-its order visits and adds the direction offset of the move that arrived to ``B_t`` (the (5, N)
-offset table stays in L1). Programs of fewer orders hold fewer registers but repeat that shared
-work; their results that sum over orders are partial sums, added up on the host.
+its order visits and reads its own row of B, to which the host has added the direction offset of
+the move that arrived (a (batch, L, 5, N) table of the four B rows and the C row of each step).
+Programs of fewer orders hold fewer registers but repeat that shared work; their results that
+sum over orders are partial sums, added up on the host.
 
 Register layout. A is passed as ``(A * log2 e)^T``, (N, E), and saved states are (N, E) too, so
 every 2-D tile in memory is contiguous along channels: Triton then gives each thread a channel and
@@ -255,15 +256,22 @@ def _store4(ptr, slab, mask, h1, h2, h3, h4, S: tl.constexpr):
 
 
 @triton.jit
-def _vec(base, t, stride, offs_n):
-    # A step's row of B or C (NP states; padded on the host when N is not a power of two).
-    return tl.load(base + t * stride + offs_n).to(tl.float32)
-
-
-@triton.jit
-def _bk(Bc, p_ptr, code, offs_n, NP: tl.constexpr):
-    # B_t plus the offset of the move that arrived: the (5, NP) table stays in L1.
-    return Bc + tl.load(p_ptr + (code & 7) * NP + offs_n)
+def _step_rows(bc_t, k0, offs_n, NP: tl.constexpr, S: tl.constexpr):
+    # A step's row of C and its rows of B plus the direction offset of the move that arrived,
+    # for the program's S scans: one (5, NP) block of the table made by _state_params, so that
+    # one address serves the five rows.
+    Cv = tl.load(bc_t + 4 * NP + offs_n)
+    b_k = bc_t + k0 * NP + offs_n
+    b1 = tl.load(b_k)
+    b2 = b1
+    b3 = b1
+    b4 = b1
+    if S >= 2:
+        b2 = tl.load(b_k + NP)
+    if S >= 4:
+        b3 = tl.load(b_k + 2 * NP)
+        b4 = tl.load(b_k + 3 * NP)
+    return Cv, b1, b2, b3, b4
 
 
 @triton.jit
@@ -299,9 +307,9 @@ def _put_rows(out_b, slab, E, offs_e, me, k1, v1, k2, v2, k3, v3, k4, v4,
 
 @triton.jit
 def _zz_fwd_kernel(
-    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, d_ptr, bias_ptr, od_ptr,
+    u_ptr, dl_ptr, bc_ptr, a_ptr, d_ptr, bias_ptr, od_ptr,
     y_ptr, hin_ptr, hend_ptr, dsum_ptr,
-    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l,
     YSLAB, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_STATE: tl.constexpr, STORE: tl.constexpr,
@@ -329,8 +337,7 @@ def _zz_fwd_kernel(
     Dv = tl.load(d_ptr + offs_e, mask=me, other=0.0)
     u_b = u_ptr + pb * su_b
     dl_b = dl_ptr + pb * sd_b
-    b_b = b_ptr + pb * sb_b
-    c_b = c_ptr + pb * sc_b
+    bc_b = bc_ptr + pb * sb_b
     y_b = y_ptr + pb * L * E
     if STORE:  # the program's first scan's slab (atomics add into one buffer)
         y_b += k0 * YSLAB
@@ -349,29 +356,28 @@ def _zz_fwd_kernel(
     tq = tl.minimum(t0 + 1, t1 - 1)
     q1, q2, q3, q4 = _codes(od_k, L, tq, S)
     x = _row(dl_b, t0, sd_l, offs_e, me)
-    Bc = _vec(b_b, t0, sb_l, offs_n)
-    Cc = _vec(c_b, t0, sc_l, offs_n)
     u1, u2, u3, u4 = _gather(u_b, k1, k2, k3, k4, su_l, 0, offs_e, me, S)
     for t in range(t0, t1):
         tn = tl.minimum(t + 1, t1 - 1)
         tnn = tl.minimum(t + 2, t1 - 1)
+        # The B and C rows are loaded in the step that uses them (prefetching takes 16 registers
+        # a row); their latency hides behind the softplus and the exponentials.
+        Cc, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
         x_n = _row(dl_b, tn, sd_l, offs_e, me)
-        B_n = _vec(b_b, tn, sb_l, offs_n)
-        C_n = _vec(c_b, tn, sc_l, offs_n)
         u1_n, u2_n, u3_n, u4_n = _gather(u_b, q1, q2, q3, q4, su_l, 0, offs_e, me, S)
         r1, r2, r3, r4 = _codes(od_k, L, tnn, S)
 
         dt = _softplus(x + bias)
         dA = tl.exp2(dt[:, None] * A2)
-        h1, y1 = _fwd_dir(h1, dA, dt, u1, _bk(Bc, p_ptr, k1, offs_n, NP), Cc, Dv)
+        h1, y1 = _fwd_dir(h1, dA, dt, u1, b1, Cc, Dv)
         y2 = y1
         y3 = y1
         y4 = y1
         if S >= 2:
-            h2, y2 = _fwd_dir(h2, dA, dt, u2, _bk(Bc, p_ptr, k2, offs_n, NP), Cc, Dv)
+            h2, y2 = _fwd_dir(h2, dA, dt, u2, b2, Cc, Dv)
         if S >= 4:
-            h3, y3 = _fwd_dir(h3, dA, dt, u3, _bk(Bc, p_ptr, k3, offs_n, NP), Cc, Dv)
-            h4, y4 = _fwd_dir(h4, dA, dt, u4, _bk(Bc, p_ptr, k4, offs_n, NP), Cc, Dv)
+            h3, y3 = _fwd_dir(h3, dA, dt, u3, b3, Cc, Dv)
+            h4, y4 = _fwd_dir(h4, dA, dt, u4, b4, Cc, Dv)
         if WRITE_Y:
             _put_rows(y_b, YSLAB, E, offs_e, me,
                       k1 >> 3, y1, k2 >> 3, y2, k3 >> 3, y3, k4 >> 3, y4, S, STORE)  # fmt: skip
@@ -379,8 +385,6 @@ def _zz_fwd_kernel(
             dsum += dt
 
         x = x_n
-        Bc = B_n
-        Cc = C_n
         u1 = u1_n
         u2 = u2_n
         u3 = u3_n
@@ -446,13 +450,13 @@ def _zz_carry_kernel(a_ptr, src_ptr, dsum_ptr, dst_ptr, later_ptr, E, NCH,
 
 
 @triton.jit
-def _rev_dir(r, a, gk, uk, code, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
-             NP: tl.constexpr, MAIN: tl.constexpr, DIRS: tl.constexpr):  # fmt: skip
+def _rev_dir(r, a, gk, uk, code, dt, bkv, Cv, W, Usum, gam, acc1, acc2, acc3,
+             MAIN: tl.constexpr, DIRS: tl.constexpr):  # fmt: skip
     # r holds a_{t+1} * r_{t+1} on entry (the decay was applied at the end of the later step).
     r = tl.fma(Cv[None, :], gk[:, None], r)
     du = gk  # du (dt * dv) is returned and added to its token after the step's loads
     if MAIN:
-        rb = r * _bk(Bc, p_ptr, code, offs_n, NP)[None, :]
+        rb = r * bkv[None, :]
         dv = tl.sum(rb, axis=1)
         du = dt * dv
         gam += uk * dv
@@ -476,10 +480,10 @@ def _rev_dir(r, a, gk, uk, code, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, 
 
 @triton.jit
 def _zz_bwd_rev_kernel(
-    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
+    u_ptr, dl_ptr, bc_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
     rho_ptr, later_ptr,
     du_ptr, gam_ptr, w_ptr, dbp_ptr, dap_ptr, dirp_ptr, sst_ptr, plocal_ptr, dsum_ptr,
-    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l, sg_k,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sg_b, sg_l, sg_k,
     BATCH, YSLAB, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr, HAS_CARRY: tl.constexpr,
     MAIN: tl.constexpr, STORE: tl.constexpr, LANES: tl.constexpr,
@@ -509,8 +513,7 @@ def _zz_bwd_rev_kernel(
     u_b = u_ptr + pb * su_b
     g_b = gy_ptr + pb * sg_b + k0 * sg_k
     dl_b = dl_ptr + pb * sd_b
-    b_b = b_ptr + pb * sb_b
-    c_b = c_ptr + pb * sc_b
+    bc_b = bc_ptr + pb * sb_b
     du_b = du_ptr + pb * L * E
     if STORE:
         du_b += k0 * YSLAB
@@ -555,31 +558,30 @@ def _zz_bwd_rev_kernel(
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
-        Cv = _vec(c_b, t, sc_l, offs_n)
-        Bc = _vec(b_b, t, sb_l, offs_n)
+        Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
         W = tl.zeros((BE, NP), tl.float32)
         Usum = tl.zeros((BE, NP), tl.float32)
         gam = tl.zeros((BE,), tl.float32)
         r1, du1, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-            r1, a, g1, u1, k1, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
-            NP, MAIN, S > 1,
+            r1, a, g1, u1, k1, dt, b1, Cv, W, Usum, gam, acc1, acc2, acc3,
+            MAIN, S > 1,
         )  # fmt: skip
         du2 = du1
         du3 = du1
         du4 = du1
         if S >= 2:
             r2, du2, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-                r2, a, g2, u2, k2, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
-                NP, MAIN, S > 1,
+                r2, a, g2, u2, k2, dt, b2, Cv, W, Usum, gam, acc1, acc2, acc3,
+                MAIN, S > 1,
             )  # fmt: skip
         if S >= 4:
             r3, du3, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-                r3, a, g3, u3, k3, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
-                NP, MAIN, S > 1,
+                r3, a, g3, u3, k3, dt, b3, Cv, W, Usum, gam, acc1, acc2, acc3,
+                MAIN, S > 1,
             )  # fmt: skip
             r4, du4, W, Usum, gam, acc1, acc2, acc3 = _rev_dir(
-                r4, a, g4, u4, k4, dt, Bc, p_ptr, Cv, offs_n, W, Usum, gam, acc1, acc2, acc3,
-                NP, MAIN, S > 1,
+                r4, a, g4, u4, k4, dt, b4, Cv, W, Usum, gam, acc1, acc2, acc3,
+                MAIN, S > 1,
             )  # fmt: skip
         if MAIN:
             dA_acc = tl.fma((s_after * dt)[:, None], W, dA_acc)
@@ -634,9 +636,9 @@ def _fb_dir(h, a, dt, uk, gk, bkv, G):
 
 @triton.jit
 def _zz_bwd_fwd_kernel(
-    u_ptr, dl_ptr, b_ptr, c_ptr, p_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
+    u_ptr, dl_ptr, bc_ptr, a_ptr, bias_ptr, od_ptr, gy_ptr,
     hin_ptr, sst_ptr, phi_ptr, dcp_ptr, dah_ptr,
-    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sc_b, sc_l, sg_b, sg_l, sg_k,
+    su_b, su_l, sd_b, sd_l, sb_b, sb_l, sg_b, sg_l, sg_k,
     BATCH, YSLAB, L, E, T, NCH,
     NP: tl.constexpr, BE: tl.constexpr, S: tl.constexpr, HAS_INIT: tl.constexpr,
     LANES: tl.constexpr,
@@ -662,8 +664,7 @@ def _zz_bwd_fwd_kernel(
     u_b = u_ptr + pb * su_b
     g_b = gy_ptr + pb * sg_b + k0 * sg_k
     dl_b = dl_ptr + pb * sd_b
-    b_b = b_ptr + pb * sb_b
-    c_b = c_ptr + pb * sc_b
+    bc_b = bc_ptr + pb * sb_b
     od_k = od_ptr + k0 * L
     if HAS_INIT:
         hb = hin_ptr + ((pb * (NCH - 1) + pc - 1) * 4 + k0) * slab + st
@@ -690,15 +691,14 @@ def _zz_bwd_fwd_kernel(
 
         dt = _softplus(x + bias)
         a = tl.exp2(dt[:, None] * A2)
-        Cv = _vec(c_b, t, sc_l, offs_n)
-        Bc = _vec(b_b, t, sb_l, offs_n)
+        Cv, b1, b2, b3, b4 = _step_rows(bc_b + t * sb_l, k0, offs_n, NP, S)
         G = tl.zeros((BE, NP), tl.float32)
-        h1, G = _fb_dir(h1, a, dt, u1, g1, _bk(Bc, p_ptr, k1, offs_n, NP), G)
+        h1, G = _fb_dir(h1, a, dt, u1, g1, b1, G)
         if S >= 2:
-            h2, G = _fb_dir(h2, a, dt, u2, g2, _bk(Bc, p_ptr, k2, offs_n, NP), G)
+            h2, G = _fb_dir(h2, a, dt, u2, g2, b2, G)
         if S >= 4:
-            h3, G = _fb_dir(h3, a, dt, u3, g3, _bk(Bc, p_ptr, k3, offs_n, NP), G)
-            h4, G = _fb_dir(h4, a, dt, u4, g4, _bk(Bc, p_ptr, k4, offs_n, NP), G)
+            h3, G = _fb_dir(h3, a, dt, u3, g3, b3, G)
+            h4, G = _fb_dir(h4, a, dt, u4, g4, b4, G)
         run -= dt  # now the sum of delta after step t
         CG = Cv[None, :] * G
         row = grp * YSLAB + (pb * L + t) * E + offs_e
@@ -752,6 +752,28 @@ def _visit(t, K: tl.constexpr, H, W, L):
         code = tl.where((L - t) % H == 0, 2, tl.where(((L - t) // H) % 2 == 0, 3, 4))
     code = tl.where(t == 0, 0, code)
     return tok, code
+
+
+@triton.jit
+def _zz_rows_kernel(b_ptr, c_ptr, p_ptr, od_ptr, out_ptr, sb_b, sb_l, sc_b, sc_l, L, N,
+                    NP: tl.constexpr, BT: tl.constexpr):  # fmt: skip
+    """The scan kernels' per-step rows, (batch, L, 5, NP) float32: B plus the direction offset
+    of the move by which scan k arrived (rows 0-3) and C (row 4); states past N are zero."""
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    pb = tl.program_id(1).to(tl.int64)
+    n = tl.arange(0, NP)
+    mt = t < L
+    m_in = mt[:, None] & (n < N)[None, :]
+    m_out = mt[:, None] & (n < NP)[None, :]
+    Bv = tl.load(b_ptr + pb * sb_b + t[:, None] * sb_l + n[None, :], mask=m_in, other=0.0)
+    Cv = tl.load(c_ptr + pb * sc_b + t[:, None] * sc_l + n[None, :], mask=m_in, other=0.0)
+    Bv = Bv.to(tl.float32)
+    out = out_ptr + (pb * L + t[:, None]) * (5 * NP) + n[None, :]
+    for k in tl.static_range(4):
+        code = tl.load(od_ptr + k * L + t, mask=mt, other=0) & 7
+        off = tl.load(p_ptr + code[:, None] * NP + n[None, :], mask=m_out, other=0.0)
+        tl.store(out + k * NP, Bv + off, mask=m_out)
+    tl.store(out + 4 * NP, Cv.to(tl.float32), mask=m_out)
 
 
 @triton.jit
@@ -933,32 +955,43 @@ def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _state_params(A: Tensor, B: Tensor, C: Tensor, direction_Bs: Tensor, n_pad: int):
-    """``A * log2(e)`` as (n_pad, E); B, C (float32, contiguous) and the direction offsets with
-    n_pad states.
+_ROWS_STEPS = 32  # steps per program of the rows kernel
 
-    B and C are small (N values per token against E per channel row); as contiguous float32
-    rows of n_pad values each thread reads a step's row with four 16-byte loads and no
-    conversions, where x_proj's bf16 view (row stride dt_rank + 2N) costs 2 x 16 scalar loads
-    and conversions per step. States past N are zero-padded (only when N is not a power of
-    two): with A = 0 and B = C = 0 they stay zero and add nothing.
+
+def _state_params(A: Tensor, B: Tensor, C: Tensor, direction_Bs: Tensor, od: Tensor, n_pad: int):
+    """``A * log2(e)`` as (n_pad, E), and the per-step rows of B and C as one float32 table
+    (batch, L, 5, n_pad): rows 0-3 are B plus the direction offset by which scan 1-4 arrived,
+    row 4 is C.
+
+    B and C are small (N values per token against E per channel row): as float32 rows of n_pad
+    values each thread reads a row with four 16-byte loads and no conversions, and the five rows
+    of a step share one address. The offsets are added here once per (scan, step), where the
+    kernels would add them in every channel's recurrence (an add per state and scan in every
+    step). One small kernel reads B and C where they lie (x_proj's output) and writes the table.
+    States past N are zero-padded (only when N is not a power of two): with A = 0 and B = C = 0
+    they stay zero and add nothing.
     """
     n_state = A.shape[1]
     a2 = (A.float() * LOG2E).t()
-    B, C, direction_Bs = B.float(), C.float(), direction_Bs.float()
+    P = direction_Bs.float()
     if n_pad != n_state:
-        extra = n_pad - n_state
-        a2 = F.pad(a2, (0, 0, 0, extra))
-        B, C, direction_Bs = (F.pad(t, (0, extra)) for t in (B, C, direction_Bs))
-    return a2.contiguous(), B.contiguous(), C.contiguous(), direction_Bs.contiguous()
+        a2 = F.pad(a2, (0, 0, 0, n_pad - n_state))
+        P = F.pad(P, (0, n_pad - n_state))
+    B, C = _unit_last(B), _unit_last(C)
+    batch, length = B.shape[:2]
+    table = torch.empty((batch, length, 5, n_pad), device=B.device, dtype=torch.float32)
+    _launch(_zz_rows_kernel, (triton.cdiv(length, _ROWS_STEPS), batch),
+            B, C, P.contiguous(), od, table, *_row_strides(B), *_row_strides(C), length, n_state,
+            NP=n_pad, BT=_ROWS_STEPS)  # fmt: skip
+    return a2.contiguous(), table
 
 
 def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     u, delta = _unit_last(u), _unit_last(delta)
     batch, length, channels = u.shape
     np_ = triton.next_power_of_2(A.shape[1])
-    a2, B, C, P = _state_params(A, B, C, direction_Bs, np_)
     od = order_table(h, w, u.device)
+    a2, bc = _state_params(A, B, C, direction_Bs, od, np_)
     block = block_channels()
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
@@ -969,7 +1002,7 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
     else:
         y = torch.zeros((batch, length, channels), device=u.device, dtype=f32)
     hin = torch.empty((batch, n_chunks - 1, 4, np_, channels), device=u.device, dtype=f32)
-    strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(B), *_row_strides(C))
+    strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(bc))
     warps = _num_warps(block)
     scans = scans_per_program("fwd")
     grid = (n_e * (4 // scans), n_chunks, batch)
@@ -977,7 +1010,7 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         hend = torch.empty((batch, n_chunks, 4, np_, channels), device=u.device, dtype=f32)
         dsum = torch.empty((batch, n_chunks, channels), device=u.device, dtype=f32)
         _launch(_zz_fwd_kernel, grid,
-            u, delta, B, C, P, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
+            u, delta, bc, a2, D, delta_bias, od, y, hin, hend, dsum, *strides,
             batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
             S=scans, HAS_INIT=False, WRITE_Y=False, WRITE_STATE=True, STORE=store,
             num_warps=warps,
@@ -989,7 +1022,7 @@ def _fwd_impl(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, chunk):
         )  # fmt: skip
     # An empty tensor may have a null pointer, which Triton's launcher refuses: pass y instead.
     _launch(_zz_fwd_kernel, grid,
-        u, delta, B, C, P, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
+        u, delta, bc, a2, D, delta_bias, od, y, hin if n_chunks > 1 else y, y, y, *strides,
         batch * length * channels, length, channels, chunk, n_chunks, NP=np_, BE=block,
         S=scans, HAS_INIT=n_chunks > 1, WRITE_Y=True, WRITE_STATE=False, STORE=store,
         num_warps=warps,
@@ -1007,8 +1040,8 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     sg_k = gy.stride(0) if gy.shape[0] == 4 else 0
     batch, length, channels = u.shape
     np_ = triton.next_power_of_2(A.shape[1])
-    a2, Bp, Cp, P = _state_params(A, B, C, direction_Bs, np_)
     od = order_table(h, w, u.device)
+    a2, bc = _state_params(A, B, C, direction_Bs, od, np_)
     block = block_channels(backward=True)
     n_e = -(-channels // block)
     n_chunks = -(-length // chunk)
@@ -1030,7 +1063,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     dirp = torch.empty(dirp_shape, device=dev, dtype=f32) if s_rev > 1 else du
     sst = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
     strides = (
-        *_row_strides(u), *_row_strides(delta), *_row_strides(Bp), *_row_strides(Cp),
+        *_row_strides(u), *_row_strides(delta), *_row_strides(bc),
         gy.stride(1), gy.stride(2), sg_k,
     )  # fmt: skip
     warps = _num_warps(block)
@@ -1044,7 +1077,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         plocal = torch.empty((batch, n_chunks, 4, np_, channels), device=dev, dtype=f32)
         dsum = torch.empty((batch, n_chunks, channels), device=dev, dtype=f32)
         _launch(_zz_bwd_rev_kernel, grid_rev,
-            u, delta, Bp, Cp, P, a2, delta_bias, od, gy, du, du,
+            u, delta, bc, a2, delta_bias, od, gy, du, du,
             du, gam, psi, dbp, dar, dirp, sst, plocal, dsum, *strides,
             batch, slab, length, channels, chunk, n_chunks,
             NP=np_, BE=block, S=s_rev, HAS_CARRY=False, MAIN=False, STORE=store, LANES=lanes,
@@ -1058,7 +1091,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
             num_warps=warps,
         )  # fmt: skip
     _launch(_zz_bwd_rev_kernel, grid_rev,
-        u, delta, Bp, Cp, P, a2, delta_bias, od, gy, rho, later,
+        u, delta, bc, a2, delta_bias, od, gy, rho, later,
         du, gam, psi, dbp, dar, dirp, sst, du, du, *strides,
         batch, slab, length, channels, chunk, n_chunks,
         NP=np_, BE=block, S=s_rev, HAS_CARRY=n_chunks > 1, MAIN=True, STORE=store, LANES=lanes,
@@ -1066,7 +1099,7 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
         **_regs("rev"),
     )  # fmt: skip
     _launch(_zz_bwd_fwd_kernel, (n_e * g_bf, n_chunks, batch),
-        u, delta, Bp, Cp, P, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
+        u, delta, bc, a2, delta_bias, od, gy, hin if n_chunks > 1 else du, sst,
         phi, dcp, dah, *strides,
         batch, slab, length, channels, chunk, n_chunks,
         NP=np_, BE=block, S=s_bf, HAS_INIT=n_chunks > 1, LANES=lanes, num_warps=warps,
