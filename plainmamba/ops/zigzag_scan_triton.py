@@ -891,8 +891,10 @@ def _launch(kernel, grid, *args, **kwargs):
 MAXNREG_ENV = "PLAINMAMBA_TRITON_MAXNREG"
 # Register caps per kernel (0: the compiler's choice, up to 255). ptxas takes all 255 registers
 # for the forward when allowed, which cuts the warps a multiprocessor holds from 12 to 8; at 160
-# it spills at most a few bytes (the GPU runs' register report) and 12 warps fit.
-_MAXNREG = {"fwd": 160, "rev": 0, "bf": 0}
+# it spills at most a few bytes (the GPU runs' register report) and 12 warps fit. The forward
+# recompute at four scans a program wants about 240; at 168 it spills outside its loop only and
+# 12 warps fit, which made it 1.45x faster than two-scan programs (benchmarks/RESULTS.md, v7).
+_MAXNREG = {"fwd": 160, "rev": 0, "bf": 168}
 
 
 def _per_kernel(env: str, defaults: dict, kernel: str, valid) -> int:
@@ -917,12 +919,12 @@ SCANS_ENV = "PLAINMAMBA_TRITON_SCANS"
 # Scans per program (1, 2 or 4). Fewer scans mean fewer registers (more warps per
 # multiprocessor, more programs) but repeat a step's shared work (softplus, exp(delta A), the
 # B and C rows) in every program of a channel block.
-_SCANS = {"fwd": 4, "rev": 2, "bf": 2}
+_SCANS = {"fwd": 4, "rev": 2, "bf": 4}
 
 
 def scans_per_program(kernel: str) -> int:
     """Scans a program of ``kernel`` (fwd, rev, bf) runs: ``$PLAINMAMBA_TRITON_SCANS`` as
-    ``fwd:4,rev:2,bf:2`` overrides the defaults."""
+    ``fwd:4,rev:2,bf:4`` overrides the defaults."""
     return _per_kernel(SCANS_ENV, _SCANS, kernel, lambda v: v in (1, 2, 4))
 
 
