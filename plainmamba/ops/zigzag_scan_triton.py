@@ -5,8 +5,9 @@ one chunk of steps and S of the four scan orders (``$PLAINMAMBA_TRITON_SCANS``, 
 thread owns one channel and keeps its N states of those orders in float32 registers, as (BE, N)
 tiles. Since delta, B and C are indexed by the step (SPEC 4.6), ``exp(delta_t * A)`` is computed
 once per step and shared by the program's recurrences; each recurrence gathers ``u`` at the token
-its order visits and reads its own row of B, to which the host has added the direction offset of
-the move that arrived (a (batch, L, 5, N) table of the four B rows and the C row of each step).
+its order visits and reads its own row of B, to which a small rows kernel has added the direction
+offset of the move that arrived (a (batch, L, 5, N) table of the four B rows and the C row of
+each step).
 Programs of fewer orders hold fewer registers but repeat that shared work; their results that
 sum over orders are partial sums, added up on the host.
 
@@ -892,8 +893,9 @@ MAXNREG_ENV = "PLAINMAMBA_TRITON_MAXNREG"
 # Register caps per kernel (0: the compiler's choice, up to 255). ptxas takes all 255 registers
 # for the forward when allowed, which cuts the warps a multiprocessor holds from 12 to 8; at 160
 # it spills at most a few bytes (the GPU runs' register report) and 12 warps fit. The forward
-# recompute at four scans a program wants about 240; at 168 it spills outside its loop only and
-# 12 warps fit, which made it 1.45x faster than two-scan programs (benchmarks/RESULTS.md, v7).
+# recompute at four scans a program takes 226 (9 warps); at 168 it spills 16 bytes (outside its
+# loop in the SASS compiled here) and 12 warps fit, 1.45x faster than two-scan programs
+# (benchmarks/RESULTS.md, v7).
 _MAXNREG = {"fwd": 160, "rev": 0, "bf": 168}
 
 
