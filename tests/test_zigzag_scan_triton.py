@@ -185,6 +185,29 @@ else:
         assert torch.equal(table >> 3, orders.to(torch.int32))
         assert torch.equal(table & 7, dirs.to(torch.int32))
 
+    @pytest.mark.parametrize("n_state", [4, 6])
+    def test_step_table_rows(n_state):
+        """The rows kernel's table: B plus the offset of each scan's arriving move (rows 0-3), C
+        (row 4), zero past N; B and C read as strided bf16 views of one x_proj-like output."""
+        from plainmamba.ops.scan_orders import scan_orders
+
+        h, w, batch, n_pad = 3, 5, 2, 8 if n_state == 6 else 4
+        g = torch.Generator().manual_seed(n_state)
+        proj = torch.randn(batch, h * w, 3 + 2 * n_state, generator=g).to(DEVICE, torch.bfloat16)
+        B, C = proj[..., 3 : 3 + n_state], proj[..., 3 + n_state :]
+        P = torch.randn(5, n_state, generator=g).to(DEVICE)
+        A = -torch.ones(7, n_state, device=DEVICE)
+        od = zt.order_table(h, w, torch.device(DEVICE))
+        a2, table = zt._state_params(A, B, C, P, od, n_pad)
+        assert tuple(table.shape) == (batch, h * w, 5, n_pad) and table.dtype == torch.float32
+        assert tuple(a2.shape) == (n_pad, 7)
+        table = table.cpu()
+        _, _, dirs = scan_orders(h, w, "cpu")  # (4, L) move codes
+        want_b = B.float().cpu()[:, None] + P.cpu()[dirs.long()]  # (batch, 4, L, N)
+        torch.testing.assert_close(table[..., :4, :n_state], want_b.permute(0, 2, 1, 3))
+        torch.testing.assert_close(table[..., 4, :n_state], C.float().cpu())
+        assert not table[..., n_state:].any()
+
     def test_compiles_without_graph_breaks(chunk):
         """The mixer with the Triton path compiles as one graph (opaque custom op, fake impls)."""
         from plainmamba.modeling.plainmamba import PlainMambaMixer
