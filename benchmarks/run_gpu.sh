@@ -4,7 +4,7 @@
 # tests on the GPU, the benchmarks (eager, then torch.compile while the build finishes), the
 # agreement with mamba-ssm and the training curves; logs and JSON go to $OUT. Every stage has a
 # time limit so that the whole script ends before $DEADLINE seconds.
-#   DEADLINE=540 STAGES="tests kernel eager graphs ab profile mamba curves deit" \
+#   DEADLINE=540 STAGES="tests kernel eager graphs ab profile mamba tool curves deit" \
 #     bash benchmarks/run_gpu.sh
 # (run tool: carry [".whl"]). SCANS="fwd:4,rev:4,bf:4 fwd:2,rev:1,bf:1@rev:168" compares
 # scans-per-program settings in the kernel stage; AB="VAR=x;VAR=y" times the model under each
@@ -108,6 +108,17 @@ fi
 if has mamba; then
   stamp "mamba-ssm path: kernel and L1 eager"
   run 120 20 python3 benchmarks/bench_gpu.py --impls mamba --json "$OUT/bench.json"
+fi
+if has tool; then
+  # The figures by tools/benchmark.py itself, the Triton and mamba-ssm paths in one run
+  # (compiled without fullgraph, so mamba-ssm's extension is a graph break, not an error).
+  stamp "tools/benchmark.py: L1 at 224 px, batch 128, and the trunk at 1024 px, batch 1"
+  run 240 60 env $B python3 tools/benchmark.py --device cuda --model full --mode inference train \
+    --resolutions 224 --batch-sizes 128 --scan-impl triton mamba --amp bf16 \
+    --compile reduce-overhead --no-compare-deit --json "$OUT/tool_224.json"
+  run 120 0 env $B python3 tools/benchmark.py --device cuda --model trunk --mode inference \
+    --resolutions 1024 --batch-sizes 1 --scan-impl triton mamba --amp bf16 \
+    --compile reduce-overhead --no-compare-deit --json "$OUT/tool_1024.json"
 fi
 if has curves; then
   stamp "training curves: triton vs mamba-ssm"
