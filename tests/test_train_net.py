@@ -112,6 +112,28 @@ def test_two_processes_on_cpu(tmp_path):
     assert rows[-1]["total_loss"] < 0.2 * rows[0]["total_loss"]
 
 
+def test_launched_main_destroys_the_process_group(tmp_path):
+    """A launched worker tears its process groups down after training (a Gloo group left to the
+    interpreter's exit can abort the rank after its work is done)."""
+    script = f"""
+import torch.distributed as dist
+from plainmamba.engine import default_train_argument_parser, launched_main
+dist.init_process_group("gloo", init_method="file://{tmp_path}/pg", world_size=1, rank=0)
+args = default_train_argument_parser().parse_args(
+    ["--config-file", "{CONFIG}", "train.output_dir={tmp_path}/out", "train.max_iter=3"]
+)
+launched_main(args)
+print("initialized after main:", dist.is_initialized())
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, text=True,
+        timeout=180,
+    )  # fmt: skip
+    _check(proc)
+    assert "initialized after main: False" in proc.stdout
+    assert (tmp_path / "out" / "model_final.pth").is_file()
+
+
 def test_kill_and_resume(tmp_path):
     # 50 ms per step stretches the 60 steps to 3 s, long enough to catch a mid-run checkpoint.
     args = [f"train.output_dir={tmp_path}", "train.checkpointer.period=10", "model.step_delay=0.05"]

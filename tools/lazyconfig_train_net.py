@@ -26,7 +26,12 @@ Usage (from the repository root)::
 
 from detectron2.engine import launch
 
-from plainmamba.engine import ConfigError, check_args, default_train_argument_parser, main
+from plainmamba.engine import (
+    ConfigError,
+    check_args,
+    default_train_argument_parser,
+    launched_main,
+)
 
 
 def invoke_main() -> None:
@@ -38,7 +43,7 @@ def invoke_main() -> None:
     except ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     launch(
-        main,
+        launched_main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,

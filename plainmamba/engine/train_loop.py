@@ -502,6 +502,23 @@ def _evaluate_checkpoint(cfg: DictConfig) -> Dict[str, Any]:
     return _test_with_ema(cfg, model, ema.module if ema is not None and ema.restored else None)
 
 
+def launched_main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """What ``tools/lazyconfig_train_net.py`` launches in each process: :func:`main`, then the
+    process groups that ``launch`` created are destroyed once every rank is done.
+
+    Detectron2's launcher leaves them alive until the interpreter exits; Gloo's worker threads
+    can then still hold tensors whose release needs the GIL during finalisation, and a rank dies
+    with SIGABRT ("terminate called without an active exception") after its work is finished,
+    failing the whole job. Only a normal return tears down: after an error other ranks may still
+    wait in a collective.
+    """
+    result = main(args)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
+    return result
+
+
 def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """Per-process entry point for ``detectron2.engine.launch``: train, or ``--eval-only``."""
     cfg = check_args(args)
