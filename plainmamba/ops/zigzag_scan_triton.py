@@ -1045,6 +1045,8 @@ def _bwd_impl(gy, u, delta, A, B, C, D, direction_Bs, delta_bias, hin, h, w, chu
     batch, length, channels = u.shape
     np_ = triton.next_power_of_2(A.shape[1])
     od = order_table(h, w, u.device)
+    # The table is rebuilt rather than saved by the forward: 8 us a layer against 8 MB of
+    # activation memory a layer at batch 128 (L1: 0.2 ms against 192 MB a training step).
     a2, bc = _state_params(A, B, C, direction_Bs, od, np_)
     block = block_channels(backward=True)
     n_e = -(-channels // block)
