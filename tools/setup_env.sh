@@ -17,11 +17,11 @@ has() { "$PY" -c "import $1" >/dev/null 2>&1; }
 if ! has torch || ! has torchvision; then
   # The CUDA build of torch takes about 5.5 GB in the venv: say so before pip runs out of disk
   # half-way through and leaves a broken venv.
-  need_gb=${SETUP_MIN_FREE_GB:-6}
+  need_gb=${SETUP_MIN_FREE_GB:-6}  # GiB
   free_kb=$(df -Pk "$VENV" | awk 'NR == 2 {print $4}')
   if [ "$free_kb" -lt $((need_gb * 1024 * 1024)) ]; then
-    echo "[setup] error: $TORCH_SPEC needs about $need_gb GB free under $VENV;" \
-      "$((free_kb / 1024)) MB are free there (SETUP_MIN_FREE_GB overrides the check)" >&2
+    echo "[setup] error: $TORCH_SPEC needs about $need_gb GiB free under $VENV;" \
+      "$((free_kb / 1024)) MiB are free there (SETUP_MIN_FREE_GB overrides the check)" >&2
     exit 1
   fi
   echo "[setup] installing $TORCH_SPEC"
