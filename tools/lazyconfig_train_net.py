@@ -26,12 +26,7 @@ Usage (from the repository root)::
 
 from detectron2.engine import launch
 
-from plainmamba.engine import (
-    ConfigError,
-    check_args,
-    default_train_argument_parser,
-    launched_main,
-)
+from plainmamba.engine import ConfigError, check_args, default_train_argument_parser, launched_main
 
 
 def invoke_main() -> None:
