@@ -2,7 +2,6 @@
 
 from .convert import (
     CheckpointError,
-    PlainMambaCheckpointer,
     check_state_dict,
     convert_official_classification,
     infer_arch,
@@ -19,6 +18,7 @@ from .convert_mmdet import (
     mmdet_to_d2_anchor_permutation,
 )
 from .convert_mmseg import convert_mmseg_upernet, is_mmseg_upernet, upernet_keys
+from .checkpointer import PlainMambaCheckpointer
 
 __all__ = [
     "CheckpointError",
