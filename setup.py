@@ -36,5 +36,10 @@ setup(
         "opencv-python-headless",  # Detectron2's Visualizer draws polygons with cv2
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
-    extras_require={"dev": ["pytest>=7", "black"]},
+    extras_require={
+        "dev": ["pytest>=7", "black"],
+        # ONNX export and its check in ONNX Runtime (tools/deploy/export_model.py); neither
+        # depends on torch. tools/setup_env.sh installs the tested pins.
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.18"],
+    },
 )

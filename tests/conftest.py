@@ -5,7 +5,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# Outputs of the released modules (copied from ../shared/fixtures; see tests/fixtures/README.md).
+# Outputs of the released modules (see tests/fixtures/README.md).
 FIXTURES = Path(os.environ.get("PLAINMAMBA_FIXTURES", REPO / "tests" / "fixtures"))
 
 

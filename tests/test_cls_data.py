@@ -396,7 +396,8 @@ def test_registration(tree, tmp_path, clean_catalog):
     for name in ("imagenet_train", "imagenet_val", "imagenet_lmdb_train", "imagenet_lmdb_val"):
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
     paths = register_imagenet(missing)
     clean_catalog.extend(paths)
     assert paths["imagenet_lmdb_val"] == str(missing.resolve() / "lmdb" / "val.lmdb")

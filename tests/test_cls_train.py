@@ -118,15 +118,15 @@ def test_epoch_schedule_arithmetic():
 
 
 @pytest.mark.parametrize(
-    "size,batch,warmup,drop_path,ema,embed,depth",
+    "size,batch,warmup,drop_path,ema,embed,depth,amp,clip",
     [
-        (1, 2048, 15, 0.2, False, 192, 24),
-        (2, 2048, 20, 0.2, True, 384, 24),
-        (3, 1024, 20, 0.4, True, 448, 36),
+        (1, 2048, 15, 0.2, False, 192, 24, True, 5.0),
+        (2, 2048, 20, 0.2, True, 384, 24, False, 1.0),
+        (3, 1024, 20, 0.4, True, 448, 36, False, 1.0),
     ],
 )
 def test_imagenet_configs_hold_the_released_recipe(
-    size, batch, warmup, drop_path, ema, embed, depth
+    size, batch, warmup, drop_path, ema, embed, depth, amp, clip
 ):
     cfg = LazyConfig.load(str(REPO / "configs" / "ImageNet" / f"plainmamba_l{size}_300e.py"))
     per_epoch = -(-1_281_167 // batch)
@@ -137,8 +137,9 @@ def test_imagenet_configs_hold_the_released_recipe(
     assert cfg.lr_multiplier.scheduler.end_value == 0.01
     assert cfg.optimizer.lr == pytest.approx(5e-4 * batch / 512)
     assert cfg.optimizer.weight_decay == 0.05 and cfg.optimizer.eps == 1e-8
-    assert cfg.train.clip_grad.max_norm == 5.0 and cfg.train.ema.enabled is ema
-    assert cfg.train.ema.decay == 0.9999
+    assert cfg.train.clip_grad.max_norm == clip and cfg.train.ema.enabled is ema
+    assert cfg.train.amp.enabled is amp  # L2 and L3: float32 (EpochBasedRunner), as released
+    assert cfg.train.ema.kind == "released" and cfg.train.ema.momentum == 1e-4
     assert cfg.model.backbone.drop_path_rate == drop_path
     assert (cfg.model.backbone.embed_dim, cfg.model.backbone.depth) == (embed, depth)
     aug = cfg.model.batch_augment

@@ -24,7 +24,7 @@ COCO_DIR = REPO / "configs" / "COCO"
 COCO_CONFIGS = sorted(p.stem for p in COCO_DIR.glob("*.py"))
 TINY = REPO / "configs" / "quickstart" / "mask_rcnn_plainmamba_adapter_tiny_shapes.py"
 
-# Published parameter counts (SPEC section 8), millions.
+# Published parameter counts (docs/model.md#coco-1x), millions.
 PUBLISHED_M = {
     "mask_rcnn_plainmamba_adapter_l1_1x": 31,
     "mask_rcnn_plainmamba_adapter_l2_1x": 53,
@@ -216,7 +216,6 @@ def test_tiny_detector_trains_on_two_cpu_processes(tmp_path):
             "train.checkpointer.period=2",
             "train.eval_period=4",
             "train.log_period=1",
-            "lr_multiplier.scheduler.milestones=[3]",
             "dataloader.train.total_batch_size=2",
             "dataloader.train.num_workers=0",
             "dataloader.test.num_workers=0",
@@ -232,3 +231,54 @@ def test_tiny_detector_trains_on_two_cpu_processes(tmp_path):
     # evaluation ran over the gathered predictions of both ranks
     assert "Evaluation results for bbox" in log and "Evaluation results for segm" in log
     assert "on 2 devices" in log
+
+
+# --- the detectors check their input as the classifier and the segmentor do ------------------
+
+
+def _small_retinanet():
+    cfg = _load("retinanet_plainmamba_adapter_l1_1x")
+    cfg.model.backbone.bottom_up.trunk.update(embed_dim=64, depth=4, dwconv_layers=[])
+    cfg.model.backbone.bottom_up.update(
+        interaction_indexes=[[0, 1], [2, 3]], conv_inplane=16, deform_num_heads=4
+    )
+    return instantiate(cfg.model)
+
+
+@pytest.fixture(scope="module")
+def every_model():
+    """Both detectors (small), a classifier and a segmentor: all take Detectron2-style input."""
+    from plainmamba.modeling import EncoderDecoderSegmentor, UPerHead
+
+    trunk = PlainMamba(embed_dim=32, depth=2, out_indices=[0, 1])
+    head = UPerHead(in_features=["layer0", "layer1"], in_channels=32, channels=8, norm="BN")
+    return {
+        "mask_rcnn": instantiate(LazyConfig.load(str(TINY)).model),
+        "retinanet": _small_retinanet(),
+        "classifier": ImageClassifier(backbone=PlainMamba(embed_dim=32, depth=2), num_classes=3),
+        "segmentor": EncoderDecoderSegmentor(backbone=trunk, decode_head=head),
+    }
+
+
+SHAPE = r"input 0: expected a \(3, H, W\) image, got shape "
+
+
+@pytest.mark.parametrize(
+    "batch,match",
+    [
+        ([{"image": torch.zeros(1, 64, 64)}], SHAPE + r"\(1, 64, 64\)"),
+        ([{"image": torch.zeros(64, 64)}], SHAPE + r"\(64, 64\)"),
+        ([{"image": torch.zeros(4, 64, 64), "file_name": "x.png"}], r"input 0 \(x\.png\): expected"),
+        ([{"image": torch.full((3, 64, 64), float("nan"))}], "NaN or infinite"),
+        ([{"file_name": "x.png"}], r"input 0 \(x\.png\): missing 'image' tensor"),
+        ([], "expects a non-empty list of dicts with an 'image', got an empty list"),
+    ],
+    ids=["1-channel", "2-D", "4-channel", "nan", "no-image", "empty-batch"],
+)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_models_reject_bad_images_alike(every_model, batch, match, mode):
+    """Detectron2's detectors alone returned 100 detections for a 1-channel or 2-D image."""
+    for name, model in every_model.items():
+        getattr(model, mode)()
+        with EventStorage(0), pytest.raises(ValueError, match=match):
+            model(batch)

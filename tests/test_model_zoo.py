@@ -53,7 +53,7 @@ def test_every_config_loads_and_builds(name):
     if info is not None and "params_m" in info.published:
         counted = model.backbone if info.params_of == "backbone" else model
         params = sum(p.numel() for p in counted.parameters()) / 1e6
-        # All within 2% of the paper but RetinaNet-L2 (3.2% over, see the README).
+        # All within 2% of the paper but RetinaNet-L2 (3.2% over, see GETTING_STARTED.md).
         assert abs(params / info.published["params_m"] - 1) < 0.04, (name, params)
 
 
@@ -80,17 +80,13 @@ def test_unknown_config_lists_close_matches_first():
         model_zoo.get("common/optim.py")  # a building block, not a model
 
 
-def test_trained_without_weights_says_what_to_download_and_how_to_convert():
-    name = "COCO/mask_rcnn_plainmamba_adapter_l2_1x.py"
-    with pytest.raises(model_zoo.WeightsNotAvailableError) as info:
-        model_zoo.get(name, trained=True)
-    message = str(info.value)
-    assert (
-        "https://huggingface.co/ChenhongyiYang/PlainMamba/resolve/main/detection/maskrcnn/l2_1x.pth"
-        in message
-    )
-    assert "tools/convert_official_checkpoint.py l2_1x.pth" in message
-    assert f"--config-file configs/{name}" in message
+def test_entry_says_where_trained_weights_come_from():
+    info = model_zoo.entry("COCO/mask_rcnn_plainmamba_adapter_l2_1x.py")
+    assert info.has_trained_weights
+    url = "https://huggingface.co/ChenhongyiYang/PlainMamba/resolve/main/detection/maskrcnn/l2_1x.pth"
+    assert url in info.weights_source
+    tiny = model_zoo.entry("quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py")
+    assert not tiny.has_trained_weights and "make demo" in tiny.weights_source
     with pytest.raises(model_zoo.WeightsNotAvailableError, match="make demo"):
         model_zoo.get("quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py", trained=True)
 

@@ -1,9 +1,11 @@
 """`make demo` as a user runs it, with and without converted weights."""
 
 import json
+import math
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -36,3 +38,22 @@ def test_quickstart_with_weights_and_bad_image(tmp_path, fixtures_dir):
     bad.write_bytes(b"not a png")
     proc = run("--image", str(bad))
     assert proc.returncode == 2 and "broken.png" in proc.stderr
+
+
+@pytest.mark.parametrize("max_iter", [100, 600])
+def test_detection_schedule_follows_max_iter(max_iter):
+    """The documented short run, ``shapes_detection.py train.max_iter=100``, failed with
+    "Milestone must be smaller than total number of updates": the milestone is now a fraction."""
+    from detectron2.config import instantiate
+
+    from plainmamba.engine import check_args, default_train_argument_parser
+
+    config = REPO / "configs" / "quickstart" / "mask_rcnn_plainmamba_adapter_tiny_shapes.py"
+    argv = ["--config-file", str(config), f"train.max_iter={max_iter}"]
+    cfg = check_args(default_train_argument_parser().parse_args(argv))
+    schedule = instantiate(cfg.lr_multiplier)
+    # Detectron2's LRMultiplier reads the schedule at iteration / train.max_iter.
+    lr = [schedule(i / max_iter) for i in range(max_iter)]
+    warmup = math.ceil(max_iter / 12)  # 50 of 600 iterations
+    assert lr[0] == pytest.approx(0.01) and lr[warmup] == 1.0
+    assert lr.index(0.1) == max_iter * 3 // 4  # 450 of 600, as before

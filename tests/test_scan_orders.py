@@ -5,7 +5,9 @@ from plainmamba.ops import scan_orders
 
 
 def walk_rows(h, w):
-    """Independent oracle: walk the grid row by row, snaking, as SPEC section 5 describes."""
+    """Independent oracle: walk the grid row by row, snaking.
+
+    See docs/model.md#scan-orders-and-directions."""
     out = []
     for r in range(h):
         cols = range(w) if r % 2 == 0 else range(w - 1, -1, -1)

@@ -35,7 +35,7 @@ from test_parity import build_tiny, rel_err
 ADE_DIR = REPO / "configs" / "ADE20K"
 ADE_CONFIGS = sorted(p.stem for p in ADE_DIR.glob("*.py"))
 TOOL = str(REPO / "tools" / "convert_official_checkpoint.py")
-# Published parameter counts (SPEC section 8), millions.
+# Published parameter counts (docs/model.md#ade20k-160k), millions.
 PUBLISHED_M = {
     "upernet_plainmamba_l1_160k": 35,
     "upernet_plainmamba_l2_160k": 55,

@@ -202,6 +202,89 @@ def test_override_validation():
         load_config(str(CONFIG), ["train.max_iter"])
 
 
+def _check_args(*argv: str):
+    from plainmamba.engine import check_args, default_train_argument_parser
+
+    parser = default_train_argument_parser()
+    return check_args(parser.parse_args(["--config-file", str(CONFIG), *argv]))
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (
+            ["train.max_iter=abc"],
+            r"train\.max_iter must be an int \(it replaces 60\), got 'abc' \(a str\)",
+        ),
+        (
+            ["train.max_iter=1.5"],
+            r"train\.max_iter must be an int \(it replaces 60\), got 1\.5 \(a float\)",
+        ),
+        (
+            ["optimizer.lr=fast"],
+            r"optimizer\.lr must be a number \(it replaces 0\.1\), got 'fast' \(a str\)",
+        ),
+        # an argument the LazyCall leaves at its default: the default's type
+        (["optimizer.amsgrad=yes"], r"optimizer\.amsgrad must be a bool .*it replaces False"),
+        (["train.max_iter=1,2"], r"'train\.max_iter=1,2': a comma-separated value is a sweep"),
+        (["train.device=gpu0"], r"train\.device='gpu0' in config .*'cpu', 'cuda' or 'cuda:N'"),
+        (["train.max_iter=0"], r"train\.max_iter=0 in config .*: must be a positive int"),
+        (["train.log_period=0"], r"train\.log_period=0 in config .*: must be a positive int"),
+        (["train.checkpointer.period=0"], r"train\.checkpointer\.period=0 .*positive int"),
+        (["train.eval_period=-1"], r"train\.eval_period=-1 .*>= 0 \(0 turns evaluation off\)"),
+        (["dataloader.train.batch_size=0"], r"dataloader\.train\.batch_size=0 .*positive int"),
+        (["dataloader.test.batch_size=0"], r"dataloader\.test\.batch_size=0 .*positive int"),
+        (
+            ["--num-gpus", "2", "+dataloader.train.total_batch_size=3"],
+            r"total_batch_size=3 in config .* cannot be split evenly over 2 processes "
+            r"\(--num-gpus 2 x --num-machines 1\): use a multiple of 2",
+        ),
+        (
+            ["lr_multiplier.scheduler.num_updates=${train.max_iter}", "train.max_iter=50"],
+            r"lr_multiplier\.scheduler\.milestones=\[80\] must be smaller than "
+            r"lr_multiplier\.scheduler\.num_updates=50 \(from \$\{train\.max_iter\}\)",
+        ),
+        (["lr_multiplier.warmup_length=2.0"], r"lr_multiplier of config .* cannot be built"),
+    ],
+    ids=[
+        "max_iter-str",
+        "max_iter-float",
+        "lr-str",
+        "default-bool",
+        "sweep",
+        "device",
+        "max_iter-0",
+        "log_period-0",
+        "checkpoint_period-0",
+        "eval_period-negative",
+        "batch_size-0",
+        "test_batch_size-0",
+        "total_batch_size-split",
+        "milestone-past-end",
+        "schedule-unbuildable",
+    ],
+)
+def test_config_is_checked_before_launching(argv, match):
+    """Mistakes that failed only in the launched processes, with tracebacks naming no key."""
+    from plainmamba.engine import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        _check_args(*argv)
+
+
+def test_config_checks_accept_valid_overrides():
+    cfg = _check_args(
+        "--num-gpus",
+        "2",
+        "optimizer.lr=1",  # an int for a float
+        "train.eval_period=${train.max_iter}",  # an interpolation, resolved later
+        "train.device=cuda:0",  # falls back to the CPU where there is no GPU
+        "+dataloader.train.total_batch_size=4",
+    )
+    assert cfg.optimizer.lr == 1 and cfg.train.eval_period == MAX_ITER
+    assert _check_args("--eval-only", "train.max_iter=0").train.max_iter == 0  # not trained
+
+
 def test_amp_on_cpu_falls_back_to_float32():
     from detectron2.engine import AMPTrainer, SimpleTrainer
 

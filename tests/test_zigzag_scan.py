@@ -6,7 +6,7 @@ import torch
 from plainmamba.ops import available_impls, resolve_impl, zigzag_scan, zigzag_scan_ref
 
 FAST = [name for name in available_impls() if name != "ref"]
-DEVICE = {"numba": "cpu", "mamba": "cuda", "triton": "cuda"}
+DEVICE = {"numba": "cpu", "mamba": "cuda", "triton": "cuda", "chunked": "cpu"}
 
 
 def make_inputs(batch, h, w, channels=24, n_state=16, dtype=torch.float32, device="cpu"):
@@ -80,7 +80,9 @@ def test_fast_path_matches_reference_bf16(impl):
 
 
 def test_reference_recurrence_by_hand():
-    """One channel, one state, 1x3 grid: the recurrence of SPEC 4.6 written out."""
+    """One channel, one state, 1x3 grid: the recurrence written out.
+
+    See docs/model.md#the-selective-scan."""
     u = torch.tensor([[[1.0], [2.0], [3.0]]])
     raw = torch.tensor([[[0.1], [0.2], [0.3]]])
     bias = torch.tensor([0.05])

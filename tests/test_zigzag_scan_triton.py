@@ -176,7 +176,8 @@ else:
     @pytest.mark.parametrize("h,w", [(1, 1), (1, 6), (5, 1), (3, 4), (4, 3), (5, 7), (6, 6)])
     def test_visit_order_matches_scan_orders(h, w):
         """The kernels compute each scan's token and move by integer arithmetic (no cached
-        device tables, which CUDA graphs could not replay); they must equal SPEC 5's orders."""
+        device tables, which CUDA graphs could not replay); they must equal the orders of
+        docs/model.md#scan-orders-and-directions."""
         from plainmamba.ops.scan_orders import scan_orders
 
         orders, _, dirs = scan_orders(h, w, "cpu")

@@ -424,7 +424,9 @@ def measure_memory(runner: Runner, probe: MemoryProbe) -> Tuple[float, float]:
     """(resident or allocated MiB before, peak MiB during) one more call of ``runner``."""
     base = probe.start()
     runner.step()
-    return base, probe.peak()
+    # The kernel updates VmHWM lazily, so it can read a little below the VmRSS read at start;
+    # the peak of the call is at least what was resident when it began.
+    return base, max(base, probe.peak())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ classifier is checked key by key against the model of
 ``configs/ImageNet/plainmamba_l{1,2,3}_300e.py`` (picked from the checkpoint's shapes, or given
 with ``--config-file``) before it is written; a detector or UperNet is checked against the model
 of ``--config-file`` when one is given. The result loads with ``DetectionCheckpointer``.
-Errors (unreadable file, unrecognised or missing keys, a model that does not fit) exit with 2.
+Errors (unreadable file, unrecognised or missing keys, a model that does not fit, a pickle that
+would run code) exit with 2.
 """
 
 from __future__ import annotations
@@ -46,7 +47,19 @@ def main(argv: list[str] | None = None) -> int:
         help="LazyConfig whose model must accept the result (default for classification: the "
         "ImageNet config of the size found in the checkpoint; detectors, UperNets: no check)",
     )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle the input without restrictions (it can then run code): only for files "
+        "you trust that the safe loader refuses",
+    )
     args = parser.parse_args(argv)
+    # Checked before the (slow) load: torch.save into a folder fails only after converting.
+    if os.path.isdir(args.output):
+        print(
+            f"error: {args.output} is a folder; give the checkpoint file to write", file=sys.stderr
+        )
+        return 2
 
     from detectron2.config import LazyConfig, instantiate
 
@@ -66,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     try:
-        ckpt = load_official_file(args.input)
+        ckpt = load_official_file(args.input, trusted=args.trust_checkpoint)
         released, _ = released_state_dict(ckpt, args.input)
         segmentor = is_mmseg_upernet(released)
         detector = not segmentor and is_mmdet_detector(released)

@@ -6,9 +6,12 @@
     python tools/create_lmdb_dataset.py --imagenet-root IMAGENET [--verify]
 
 The second form converts ``ROOT/train`` and ``ROOT/val`` into ``ROOT/lmdb/{train,val}.lmdb``
-with the class list of ``train`` (or ``--class-file``) for both. Images are stored with their
-original bytes; labels and class names go into the LMDB's metadata (see
-``plainmamba/data/classification.py``). A file that is not a readable image stops the run with
+with the class list of ``train`` (or ``--class-file``) for both: the sorted class folders of
+``train`` that hold images (empty ones are warned about and left out), and a ``val`` class with
+images that ``train`` lacks stops the run naming both folders. Images are stored with their
+original bytes; labels, class names and a CRC-32 per image (checked whenever a record is read)
+go into the LMDB's metadata (see ``plainmamba/data/classification.py``). A file that is not a
+readable image stops the run with
 its path (exit status 1) unless ``--skip-bad`` is given, which leaves such files out and lists
 them at the end. User errors exit with status 1 and a one-line message.
 """
@@ -16,6 +19,7 @@ them at the end. User errors exit with status 1 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import warnings
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"image folder {folder} does not exist")
         if output.exists() and not args.overwrite:
             return _fail(f"{output} exists; pass --overwrite to replace it")
+    # Warnings of the data code (empty class folders) read as this tool's.
+    logging.basicConfig(format="create_lmdb_dataset.py: warning: %(message)s")
     # Imported late so that --help and path errors are quick. Importing the package pulls in
     # torch, whose FutureWarnings mean nothing to someone packing images.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
@@ -96,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.class_file:
             class_names = read_class_file(args.class_file)
+            source = f"the class file {args.class_file}"
         else:
-            # The first folder (train) fixes the class order for every job.
-            class_names = list_class_folders(jobs[0][0].resolve())
+            # The first folder (train) fixes the class order for every job; an empty folder is
+            # no class (it would shift the labels after it).
+            class_names = list_class_folders(jobs[0][0].resolve(), skip_empty=True)
+            source = str(jobs[0][0].resolve())
         # List every split before writing any, so a badly laid out val fails before train is packed.
-        listed = [load_image_folder(folder, class_names) for folder, _ in jobs]
+        listed = [load_image_folder(folder, class_names, class_source=source) for folder, _ in jobs]
         for (folder, output), records in zip(jobs, listed):
             start = time.time()
             count = create_lmdb_dataset(

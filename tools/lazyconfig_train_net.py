@@ -24,9 +24,22 @@ Usage (from the repository root)::
         train.init_checkpoint=output/toy/model_final.pth
 """
 
-from detectron2.engine import launch
+from plainmamba.lifecycle import mark_as_parent, tie_to_parent
 
-from plainmamba.engine import ConfigError, check_args, default_train_argument_parser, launched_main
+if __name__ == "__mp_main__":
+    # Every process a run spawns (ranks, their data-loader workers) imports this script first:
+    # tie it to its parent before the slow imports below, so it dies with the parent.
+    tie_to_parent()
+
+from detectron2.engine import launch  # noqa: E402
+
+from plainmamba.checkpoint import CheckpointError  # noqa: E402
+from plainmamba.engine import (  # noqa: E402
+    ConfigError,
+    check_args,
+    default_train_argument_parser,
+    launched_main,
+)
 
 
 def invoke_main() -> None:
@@ -37,14 +50,18 @@ def invoke_main() -> None:
         check_args(args)  # in the launcher, so mistakes show before any worker starts
     except ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    launch(
-        launched_main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    mark_as_parent()  # ranks and their workers end when this process ends, even by kill -9
+    try:
+        launch(
+            launched_main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except CheckpointError as err:  # single-process runs: one line, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ are left out unless ``--with-torch`` is given: a GPU host keeps the CUDA build o
 has. Packages published only as pure-Python sources are built into ``py3-none-any`` wheels.
 
 It writes ``wheelhouse/requirements.txt`` (every wheel, pinned) and ``wheelhouse/INSTALL.txt``
-(the offline install steps; README, "GPU" section, has them too).
+(the offline install steps; INSTALL.md has them too).
 """
 
 from __future__ import annotations

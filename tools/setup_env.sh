@@ -48,4 +48,12 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   pip_q -e ".[dev]"
   touch "$stamp"
 fi
+# The deploy extra (ONNX export, tools/deploy/export_model.py), pinned to tested versions. Binary
+# wheels only, and neither package depends on torch, so this cannot replace the torch build.
+DEPLOY_SPEC=${DEPLOY_SPEC:-"onnx==1.23.2 onnxruntime==1.31.1"}
+if ! has onnx || ! has onnxruntime; then
+  echo "[setup] installing $DEPLOY_SPEC (ONNX export)"
+  # shellcheck disable=SC2086
+  pip_q --only-binary=:all: $DEPLOY_SPEC
+fi
 "$PY" -c "import detectron2, torch, numba, plainmamba; print('[setup] ready: torch', torch.__version__, '| detectron2', detectron2.__version__, '| numba', numba.__version__)"

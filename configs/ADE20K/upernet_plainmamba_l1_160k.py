@@ -1,15 +1,4 @@
-"""UperNet, PlainMamba-L1, ADE20K 160k (published: 44.1 mIoU, 35 M parameters).
-
-Train (8 GPUs, total batch 16), from the ImageNet weights of the trunk:
-    python tools/lazyconfig_train_net.py --num-gpus 8 \
-        --config-file configs/ADE20K/upernet_plainmamba_l1_160k.py \
-        train.init_checkpoint=checkpoints/plainmamba_l1_d2.pth
-Evaluate released weights (the MMSegmentation file directly, or converted with
-tools/convert_official_checkpoint.py --task upernet):
-    python tools/lazyconfig_train_net.py --eval-only \
-        --config-file configs/ADE20K/upernet_plainmamba_l1_160k.py \
-        train.init_checkpoint=checkpoints/upernet_l1_d2.pth
-"""
+"""UperNet, PlainMamba-L1, ADE20K 160k (published: 44.1 mIoU, 35 M parameters)."""
 
 from ..common.models.upernet_plainmamba import UPERNET_L1
 from ..common.upernet_160k import dataloader, lr_multiplier, model, optimizer, train

@@ -1,14 +1,4 @@
-"""Mask R-CNN, PlainMamba-Adapter-L3, COCO 1x (published: 46.8 box AP / 41.2 mask AP).
-
-Train (8 GPUs, total batch 16):
-    python tools/lazyconfig_train_net.py --num-gpus 8 \
-        --config-file configs/COCO/mask_rcnn_plainmamba_adapter_l3_1x.py \
-        train.init_checkpoint=checkpoints/plainmamba_l3_d2.pth
-Evaluate released weights (converted with tools/convert_official_checkpoint.py):
-    python tools/lazyconfig_train_net.py --eval-only \
-        --config-file configs/COCO/mask_rcnn_plainmamba_adapter_l3_1x.py \
-        train.init_checkpoint=checkpoints/mask_rcnn_l3_d2.pth
-"""
+"""Mask R-CNN, PlainMamba-Adapter-L3, COCO 1x (published: 46.8 box AP / 41.2 mask AP)."""
 
 from ..common.mask_rcnn_1x import dataloader, lr_multiplier, model, optimizer, train
 from ..common.models.plainmamba_adapter import ADAPTER_L3

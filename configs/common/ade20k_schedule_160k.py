@@ -6,17 +6,16 @@ warmup_ratio=1e-6``) at iteration i of N = 160,000 uses
     warmup(i) = poly(i) * (1e-6 + (1 - 1e-6) * i / 1500)          for i < 1500.
 Here the multiplier is a function of t = i / N (Detectron2's ``LRMultiplier``):
     PolynomialDecayParamScheduler(1.0, power=1)(t) = 1 - t,
-and ``WarmupParamScheduler`` (warmup_length = 1500 / 160,000 = 0.009375, factor 1e-6) goes
-linearly from 1e-6 * 1 at t = 0 to 1 - 0.009375 = 0.990625 at i = 1500, where both schedules
-meet; after that both are 1 - i / N, reaching 0 at i = N. During warmup the two differ by the
-poly factor inside MMSegmentation's product: at most 0.5% of the value (i = 750: 0.4953 vs
-0.4977). Checkpoints and evaluation every 8,000 iterations, as released (20 per run).
+and ``MMCVWarmupParamScheduler`` (warmup_length = 1500 / 160,000 = 0.009375, factor 1e-6)
+multiplies it by the same ramp, so every iteration gets MMSegmentation's value. Checkpoints and
+evaluation every 8,000 iterations, as released (20 per run).
 """
 
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
-from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+
+from plainmamba.solver import MMCVWarmupParamScheduler
 
 MAX_ITER = 160000
 WARMUP_ITERS = 1500
@@ -28,11 +27,12 @@ train.eval_period = PERIOD
 train.checkpointer.period = PERIOD
 train.checkpointer.max_to_keep = 3
 train.device = "cuda"
+train.seed = -1  # < 0: drawn at the start, saved in every checkpoint and reused by --resume
 # Converted ImageNet weights of the trunk (tools/convert_official_checkpoint.py); the tap norms
 # and both heads start from scratch.
 train.init_checkpoint = ""
 
-lr_multiplier = L(WarmupParamScheduler)(
+lr_multiplier = L(MMCVWarmupParamScheduler)(
     scheduler=L(PolynomialDecayParamScheduler)(base_value=1.0, power=1.0),
     warmup_length=WARMUP_ITERS / MAX_ITER,
     warmup_method="linear",

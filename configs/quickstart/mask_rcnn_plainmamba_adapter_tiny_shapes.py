@@ -1,14 +1,4 @@
-"""A small PlainMamba-Adapter Mask R-CNN on the generated shapes data set: trains on one CPU.
-
-The released architecture at a reduced size (64-wide 4-layer trunk, 2 interactions, 64-channel
-FPN, light heads), trained on coloured circles, squares and triangles that
-``plainmamba.data.make_shapes_coco`` draws on first use under ``$DETECTRON2_DATASETS/shapes``.
-
-    python tools/lazyconfig_train_net.py \\
-        --config-file configs/quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py
-
-``naiveSyncBN`` normalisation works in one process and across CPU (gloo) processes alike.
-"""
+"""A small PlainMamba-Adapter Mask R-CNN on the generated shapes data set: trains on one CPU."""
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
@@ -77,10 +67,11 @@ train.log_period = 20
 train.checkpointer.period = 200
 train.checkpointer.max_to_keep = 2
 train.output_dir = "output/tiny_shapes_mask_rcnn"
+# Detectron2 reads the schedule at iteration / train.max_iter: with num_updates=100 the milestone
+# and the warm-up are fractions of the run (the step at 75%, 1/12 warm-up: 450 and 50 of 600
+# iterations), so the schedule follows any train.max_iter override.
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1], milestones=[450], num_updates="${train.max_iter}"
-    ),
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[75], num_updates=100),
     warmup_length=50 / 600,
     warmup_factor=0.01,
 )

@@ -1,18 +1,4 @@
-"""A small PlainMamba classifier on the generated shapes classification set: trains on one CPU.
-
-The ImageNet recipe of ``configs/common/imagenet_300e.py`` (AdamW with the no-decay groups,
-cosine schedule with linear warm-up, grad-norm clipping, EMA of the weights, timm augmentation,
-soft-target loss) at a reduced size: a 64-wide 4-layer trunk with 8x8 patches on 64x64 images of
-circles, rings, squares, triangles and crosses that ``plainmamba.data.make_shapes_classification`` draws on
-first use under ``$DETECTRON2_DATASETS/shapes_cls``. It reads the LMDB copy of the set, as the
-ImageNet configs do; ``dataloader.train.dataset.names=cls_shapes_train`` reads the image folder.
-
-    python tools/lazyconfig_train_net.py \\
-        --config-file configs/quickstart/plainmamba_tiny_cls_shapes.py
-
-Mixup/CutMix and RandAugment are off: they slow a few-hundred-iteration run down far more than
-they help it; ``model.batch_augment.mixup_alpha=0.8`` etc. turn them back on.
-"""
+"""A small PlainMamba classifier on the generated shapes classification set: trains on one CPU."""
 
 from plainmamba.data import CLS_SHAPE_CLASSES, register_shapes_classification
 

@@ -1,14 +1,4 @@
-"""A small UperNet on PlainMamba for the generated segmentation shapes: trains on one CPU.
-
-The released architecture at a reduced size (a 64-wide 4-layer trunk with 8-px patches, tapped
-at every layer,
-a 64-channel UperNet and a 32-channel auxiliary head) on circles, squares, triangles and rings
-over textured backgrounds, which ``plainmamba.data.make_shapes_semseg`` draws on first use under
-``$DETECTRON2_DATASETS/shapes_seg``; the released augmentation at a small scale.
-
-    python tools/lazyconfig_train_net.py \\
-        --config-file configs/quickstart/upernet_plainmamba_tiny_shapes.py
-"""
+"""A small UperNet on PlainMamba for the generated segmentation shapes: trains on one CPU."""
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L

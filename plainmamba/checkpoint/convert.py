@@ -16,9 +16,15 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from .atomic import atomic_torch_save
+from .safe_pickle import RefusedGlobalError, restricted_pickle_load, restricted_torch_load
+
 __all__ = [
     "CheckpointError",
+    "UnreadableCheckpointError",
+    "UnsafeCheckpointError",
     "load_official_file",
+    "load_pickled_file",
     "convert_official_classification",
     "check_state_dict",
     "infer_arch",
@@ -39,23 +45,65 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-def load_official_file(path: str) -> Dict[str, Any]:
-    """Read a checkpoint file into a dict, with an error naming the file if it is unreadable.
+class UnreadableCheckpointError(CheckpointError):
+    """A file that is missing, empty, truncated or not a checkpoint at all."""
 
-    Tensors-only files load with ``weights_only=True``; released MM* files also pickle their
-    config (``meta``), for which we fall back to a full unpickling: only use files you trust.
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose pickle would call code outside the allow-list; nothing was called.
+
+    Kept apart from unreadable files: a resume may fall back past a truncated checkpoint, but a
+    poisoned one must stop the run.
+    """
+
+
+_TRUST_HINT = (
+    "it could run code; load it only if you trust the file, with --trust-checkpoint "
+    "(PlainMambaCheckpointer(trusted=True), load_official_file(trusted=True))"
+)
+
+
+def load_pickled_file(path: str, kind: str = "torch", trusted: bool = False) -> Any:
+    """Unpickle a checkpoint file so that it cannot run code, unless ``trusted``.
+
+    ``kind`` is ``"torch"`` (a ``torch.save`` file: tried with ``weights_only=True`` first, then
+    with :func:`~.safe_pickle.restricted_torch_load`, which also reads released MM* files whose
+    ``meta`` holds classes of packages that are not installed) or ``"pickle"`` (a plain pickle
+    such as a Detectron2 ``.pkl``). A file that would call a global outside the allow-list raises
+    :class:`CheckpointError` naming the file and the global; nothing is called.
+    ``trusted=True`` unpickles everything (with a warning): only for files you made yourself.
     """
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise UnreadableCheckpointError(f"{path}: no such checkpoint file")
+    if trusted:
+        logger.warning("%s: unpickling without restrictions (trusted); this can run code", path)
+        if kind == "pickle":
+            with open(path, "rb") as f:
+                return pickle.load(f, encoding="latin1")
+        return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        if kind == "pickle":
+            with open(path, "rb") as f:
+                return restricted_pickle_load(f)
         try:
-            data = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # Globals outside torch's list, e.g. a released file's mmcv ConfigDict in ``meta``.
+            return restricted_torch_load(path)
+    except RefusedGlobalError as err:
+        raise UnsafeCheckpointError(
+            f"{path}: refused to unpickle: it calls {err.module}.{err.name}, which "
+            f"is not a tensor or plain data; {_TRUST_HINT}"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        raise UnreadableCheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({err})"
+        ) from err
+
+
+def load_official_file(path: str, trusted: bool = False) -> Dict[str, Any]:
+    """Read a ``torch.save`` checkpoint into a dict, safely (see :func:`load_pickled_file`)."""
+    data = load_pickled_file(path, "torch", trusted=trusted)
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a dict, found {type(data).__name__}")
     return dict(data)
@@ -184,4 +232,5 @@ def check_state_dict(
 def save_detectron2_checkpoint(state: Mapping[str, torch.Tensor], path: str) -> None:
     """Write ``state`` in the format ``DetectionCheckpointer`` reads (``{"model": ...}``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"model": dict(state), "__author__": "plainmamba.convert"}, path)
+    # Atomic: an interrupted conversion leaves no half-written file where a good one is expected.
+    atomic_torch_save({"model": dict(state), "__author__": "plainmamba.convert"}, path)

@@ -1,13 +1,28 @@
 """Data sets, dataset mappers and augmentations for training PlainMamba models with Detectron2."""
 
+# Imported first: it makes Detectron2's load_coco_json name the file of a broken annotation JSON.
+from . import coco  # noqa: F401
 from .cls_mapper import (
     RELEASED_RANDAUGMENT,
     ClassificationMapper,
     build_classification_train_loader,
 )
+from .resumable import (
+    ResumableBatchStream,
+    build_resumable_train_loader,
+    derive_seed,
+    seed_all_rngs,
+    seeded_rngs,
+)
 from .samplers import ResumableTrainingSampler
 from .sem_seg import SemSegLabelReader
-from .mapper import ImageReadError, SafeDatasetMapper, sanitize_annotations
+from .mapper import (
+    ImageReadError,
+    SafeDatasetMapper,
+    read_label_map,
+    sanitize_annotations,
+    to_8bit,
+)
 from .seg_shapes import (
     SEG_IGNORE_LABEL,
     SEG_SHAPE_CLASSES,
@@ -55,7 +70,12 @@ from .transforms import (
 __all__ = [
     "ClassificationMapper",
     "RELEASED_RANDAUGMENT",
+    "ResumableBatchStream",
     "ResumableTrainingSampler",
+    "build_resumable_train_loader",
+    "derive_seed",
+    "seed_all_rngs",
+    "seeded_rngs",
     "build_classification_train_loader",
     "SemSegLabelReader",
     "CV2ResizeTransform",
@@ -74,7 +94,9 @@ __all__ = [
     "mmcv_rescale_size",
     "register_shapes",
     "register_shapes_semseg",
+    "read_label_map",
     "sanitize_annotations",
+    "to_8bit",
     "shapes_dataset",
     "shapes_semseg_dataset",
     "CLS_SHAPE_CLASSES",

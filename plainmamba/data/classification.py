@@ -15,8 +15,11 @@ LMDB format written here (``FORMAT``): a directory LMDB (``data.mdb``/``lock.mdb
 database maps each image's key, its path relative to the image folder in ``/`` form and UTF-8, to
 the image file's original bytes (never re-encoded). Metadata lives under reserved keys, so loading
 never iterates the database: ``__format__`` (``FORMAT``), ``__count__`` (decimal), ``__keys__``
-(the image keys joined by ``\\n``), ``__labels__`` (little-endian int32, one per key, same order)
-and ``__classes__`` (JSON list of class names, index = label).
+(the image keys joined by ``\\n``), ``__labels__`` (little-endian int32, one per key, same order),
+``__crc32__`` (little-endian uint32 ``zlib.crc32`` of each value, same order) and ``__classes__``
+(JSON list of class names, index = label). Reading a record checks its CRC, so flipped bytes in
+a stored image fail with the LMDB and key named instead of decoding to another picture; LMDBs
+written before ``__crc32__`` existed still load, unchecked, with one warning each.
 
 The released PlainMamba tool (``tools/dataset_tools/create_lmdb_dataset.py`` in
 ChenhongyiYang/PlainMamba) wrote a different, label-less LMDB: key = the image's base name, value
@@ -30,10 +33,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -42,7 +47,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .mapper import ImageReadError
+from .mapper import ImageReadError, to_8bit
 
 __all__ = [
     "FORMAT",
@@ -75,6 +80,11 @@ _META_CLASSES = b"__classes__"
 # The released tool's only metadata key; its presence identifies such a database.
 _RELEASED_TOTAL = b"total"
 _SYNSET = re.compile(r"n\d{8}")
+# Little-endian uint32 zlib.crc32 of each image's bytes, in the order of __keys__. Older LMDBs
+# of this format lack it; they still load (with a warning), unchecked.
+_META_CRC32 = b"__crc32__"
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,45 +96,91 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_class_folders(root: PathLike) -> list[str]:
-    """Sorted names of the class folders in ``root`` (hidden folders excluded)."""
+def list_class_folders(root: PathLike, skip_empty: bool = False) -> list[str]:
+    """Sorted names of the class folders in ``root`` (hidden folders excluded).
+
+    With ``skip_empty``, folders holding no image (at any depth) are left out, as they are from
+    the class list :func:`load_image_folder` derives (which warns about them).
+    """
     # Hidden folders (.ipynb_checkpoints, .Trash) are never classes.
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not skip_empty:
+        return folders
+    return [f for f in folders if _has_image(Path(root) / f)]
 
 
-def load_image_folder(root: PathLike, class_names: Optional[Sequence[str]] = None) -> list[dict]:
+def _walk_images(folder: Path) -> Iterable[str]:
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if _is_image(f):
+                yield os.path.join(dirpath, f)
+
+
+def _has_image(folder: Path) -> bool:
+    return next(iter(_walk_images(folder)), None) is not None
+
+
+def _warn_empty(root: PathLike, empty: Sequence[str], consequence: str) -> None:
+    shown = ", ".join(str(Path(root) / f) for f in empty[:10]) + (" ..." if len(empty) > 10 else "")
+    logger.warning("%d class folder(s) hold no images (%s): %s", len(empty), consequence, shown)
+
+
+def load_image_folder(
+    root: PathLike,
+    class_names: Optional[Sequence[str]] = None,
+    *,
+    class_source: Optional[str] = None,
+) -> list[dict]:
     """Records of a class-folder tree ``root/<class_dir>/**/<image>``.
 
-    The label is the position of the folder name in ``class_names`` when given (folders it does
-    not list raise ``ValueError``), else in the sorted folder names. Files are searched
-    recursively inside each class folder; the extensions are :data:`IMAGE_EXTENSIONS`, any case.
-    Returns ``{"file_name", "label", "image_id"}`` dicts (``image_id`` = path relative to
-    ``root`` in ``/`` form), ordered by label, then path.
+    The label is the position of the folder name in ``class_names`` when given, else in the
+    sorted names of the folders that hold images. Folders without images are warned about
+    (naming them) and contribute nothing; with ``class_names``, a folder that holds images but
+    is not listed raises ``ValueError`` (naming ``class_source``, where the list came from, if
+    given). Files are searched recursively inside each class folder; the extensions are
+    :data:`IMAGE_EXTENSIONS`, any case. Returns ``{"file_name", "label", "image_id"}`` dicts
+    (``image_id`` = path relative to ``root`` in ``/`` form), ordered by label, then path.
     """
+    return _scan_image_folder(root, class_names, class_source)[0]
+
+
+def _scan_image_folder(
+    root: PathLike, class_names: Optional[Sequence[str]], class_source: Optional[str] = None
+) -> tuple[list[dict], list[str]]:
+    """Records of :func:`load_image_folder` and the class list that labels them."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    folders = list_class_folders(root)
+    files = {f: sorted(_walk_images(root / f)) for f in list_class_folders(root)}
+    empty = [f for f, paths in files.items() if not paths]
     if class_names is None:
-        class_names = folders
+        # An empty folder given a label would shift the labels of the folders after it.
+        class_names = [f for f in files if files[f]]
+        if empty:
+            _warn_empty(root, empty, "left out of the class list derived from the folders")
+        empty = []
     index = {c: i for i, c in enumerate(class_names)}
     if len(index) != len(class_names):
         raise ValueError(f"class names for {root} contain duplicates")
-    unknown = [f for f in folders if f not in index]
+    unknown = [f for f in files if f not in index and files[f]]
     if unknown:
         shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        listed = f"the classes of {class_source}" if class_source else "the class list"
         raise ValueError(
-            f"{len(unknown)} class folder(s) of {root} are not in the class list: {shown}"
+            f"{len(unknown)} class folder(s) of {root} hold images but are not among {listed}: "
+            f"{shown}"
         )
+    listed_empty = [f for f in empty if f in index]
+    if listed_empty:
+        _warn_empty(root, listed_empty, "their classes get no samples from this split")
+    if len(listed_empty) < len(empty):
+        _warn_empty(root, [f for f in empty if f not in index], "not in the class list; ignored")
 
     records = []
-    for folder in sorted(folders, key=index.__getitem__):
+    for folder in sorted((f for f in files if f in index), key=index.__getitem__):
         label = index[folder]
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root / folder, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            files.extend(os.path.join(dirpath, f) for f in filenames if _is_image(f))
-        for path in sorted(files):
+        for path in files[folder]:
             records.append(
                 {
                     "file_name": path,
@@ -141,7 +197,7 @@ def load_image_folder(root: PathLike, class_names: Optional[Sequence[str]] = Non
             else ""
         )
         raise ValueError(f"no images found in class folders under {root}{hint}")
-    return records
+    return records, list(class_names)
 
 
 def read_class_file(path: PathLike) -> list[str]:
@@ -303,6 +359,7 @@ def create_lmdb_dataset(
     keys: list[str] = []
     labels: list[int] = []
     digests: list[bytes] = []
+    crcs: list[int] = []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -335,6 +392,7 @@ def create_lmdb_dataset(
                         keys.append(key)
                         labels.append(int(r["label"]))
                         digests.append(hashlib.blake2b(data, digest_size=16).digest())
+                        crcs.append(zlib.crc32(data))
                     _put_batch(env, batch)
                     if bar is not None:
                         bar.update(len(chunk))
@@ -343,6 +401,7 @@ def create_lmdb_dataset(
             meta = [
                 (_META_KEYS, "\n".join(keys).encode("utf-8")),
                 (_META_LABELS, np.asarray(labels, dtype="<i4").tobytes()),
+                (_META_CRC32, np.asarray(crcs, dtype="<u4").tobytes()),
                 (_META_CLASSES, json.dumps(class_names).encode("utf-8")),
                 (_META_COUNT, str(len(keys)).encode()),
                 (_META_FORMAT, FORMAT.encode()),
@@ -423,6 +482,9 @@ def _open_readonly(path: Path):
         raise ValueError(f"{path} is not a readable LMDB: {e}") from e
 
 
+# LMDBs without checksums already warned about in this process.
+_WARNED_NO_CRC: set = set()
+
 # Read-only environments opened by read_classification_image in this process. py-lmdb refuses to
 # open one database twice in a process, and a handle must not be used across fork(), so a forked
 # child (DataLoader worker, launcher) closes the handles it inherited and opens its own.
@@ -468,6 +530,8 @@ def _forget_env(path: str) -> None:
 
 
 def _read_meta(path: Path) -> dict:
+    import lmdb
+
     # Reuse a cached handle (a second open would fail); else open only for this read, so that
     # loading records leaves no handle for forked workers to inherit.
     cached = _process_envs().get(str(path))
@@ -480,18 +544,32 @@ def _read_meta(path: Path) -> dict:
             if fmt.decode() != FORMAT:
                 raise ValueError(f"{path} has LMDB format {fmt.decode()!r}, expected {FORMAT!r}")
             keys_blob = txn.get(_META_KEYS)
+            crc_blob = txn.get(_META_CRC32)
             meta = {
                 "format": FORMAT,
                 "count": int(txn.get(_META_COUNT)),
                 "class_names": json.loads(txn.get(_META_CLASSES)),
                 "keys": keys_blob.decode("utf-8").split("\n") if keys_blob else [],
                 "labels": np.frombuffer(txn.get(_META_LABELS), dtype="<i4"),
+                "crc32": None if crc_blob is None else np.frombuffer(crc_blob, dtype="<u4"),
             }
+    except lmdb.Error as e:
+        # lmdb's message (e.g. "MDB_CORRUPTED: Located page was wrong type") names no file.
+        raise ValueError(
+            f"LMDB {path} is damaged: {type(e).__name__}: {e}; rebuild it with "
+            "tools/create_lmdb_dataset.py"
+        ) from e
     finally:
         if env is not cached:
             env.close()
-    if len(meta["keys"]) != meta["count"] or len(meta["labels"]) != meta["count"]:
-        raise ValueError(f"metadata of LMDB {path} is inconsistent (count, keys and labels differ)")
+    count = meta["count"]
+    sizes = {len(meta["keys"]), len(meta["labels"])}
+    if meta["crc32"] is not None:
+        sizes.add(len(meta["crc32"]))
+    if sizes != {count}:
+        raise ValueError(
+            f"metadata of LMDB {path} is inconsistent (count, keys, labels and checksums differ)"
+        )
     return meta
 
 
@@ -522,37 +600,51 @@ def load_lmdb(path: PathLike, ann_file: Optional[PathLike] = None) -> list[dict]
     MMClassification annotation list as ``ann_file``: labels come from the list and keys are
     the listed files' base names, as the released loader looked them up. ``ann_file`` also
     overrides the labels of an LMDB written here (keys are then the listed paths).
+
+    Records of an LMDB with checksums also carry ``crc32``, which
+    :func:`read_classification_image` checks; an LMDB without them (older, or released) is
+    warned about once per process.
     """
     path = Path(path).resolve()
     meta = _read_meta(path)
     lmdb_path = str(path)
+    if ann_file is None and meta["format"] is None:
+        raise ValueError(_not_ours_message(path, meta["released"]))
+    crcs = {}
+    if meta.get("crc32") is not None:
+        crcs = dict(zip(meta["keys"], meta["crc32"].tolist()))
+    elif lmdb_path not in _WARNED_NO_CRC:
+        _WARNED_NO_CRC.add(lmdb_path)
+        logger.warning(
+            "LMDB %s stores no checksums (written by an older tools/create_lmdb_dataset.py or "
+            "the released tool): a corrupted image in it may decode to a wrong picture without "
+            "an error; rebuild it with tools/create_lmdb_dataset.py to have them checked",
+            lmdb_path,
+        )
     if ann_file is not None:
         keyed_by_name = meta["format"] is None
-        out = []
-        for r in load_annotation_list("", ann_file):
-            key = os.path.basename(r["image_id"]) if keyed_by_name else r["image_id"]
-            out.append(
-                {
-                    "lmdb": lmdb_path,
-                    "key": key,
-                    "label": r["label"],
-                    "image_id": r["image_id"],
-                    "file_name": f"{lmdb_path}::{key}",
-                }
-            )
-        return out
-    if meta["format"] is None:
-        raise ValueError(_not_ours_message(path, meta["released"]))
-    return [
-        {
+        pairs = [
+            (os.path.basename(r["image_id"]) if keyed_by_name else r["image_id"], r)
+            for r in load_annotation_list("", ann_file)
+        ]
+    else:
+        pairs = [
+            (key, {"label": label, "image_id": key})
+            for key, label in zip(meta["keys"], meta["labels"].tolist())
+        ]
+    out = []
+    for key, r in pairs:
+        record = {
             "lmdb": lmdb_path,
             "key": key,
-            "label": int(label),
-            "image_id": key,
+            "label": int(r["label"]),
+            "image_id": r["image_id"],
             "file_name": f"{lmdb_path}::{key}",
         }
-        for key, label in zip(meta["keys"], meta["labels"].tolist())
-    ]
+        if key in crcs:
+            record["crc32"] = crcs[key]
+        out.append(record)
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -568,7 +660,10 @@ def _decode(data: bytes, where: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return _to_rgb(img)
+            # Pillow's convert("RGB") clips 16-bit grayscale at 255 (almost all white).
+            return _to_rgb(to_8bit(img, where))
+    except ImageReadError:
+        raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
         raise ImageReadError(
             f"cannot decode image {where}: {type(e).__name__}: {e}", path=where
@@ -580,17 +675,37 @@ def read_classification_image(record: dict) -> Image.Image:
 
     Records with ``lmdb`` are read from that database (opened read-only, once per process) by
     ``key``; others from ``file_name``. Any image mode becomes RGB (alpha is dropped, as
-    ``PIL.Image.convert("RGB")`` does); EXIF orientation is not applied, as in the usual
-    ImageNet pipelines. Failures raise :class:`ImageReadError` naming the file, or the LMDB and key.
+    ``PIL.Image.convert("RGB")`` does; 16-bit grayscale is scaled to 8 bits); EXIF orientation
+    is not applied, as in the usual ImageNet pipelines. A record with ``crc32`` (from
+    :func:`load_lmdb`) must match the stored bytes. Failures raise :class:`ImageReadError` naming
+    the file, or the LMDB and key.
     """
     if "lmdb" in record:
+        import lmdb
+
         path, key = record["lmdb"], record["key"]
         where = f"{key!r} in LMDB {path}"
         env = _cached_env(path)
-        with env.begin(buffers=False) as txn:
-            data = txn.get(key.encode("utf-8"))
+        try:
+            with env.begin(buffers=False) as txn:
+                data = txn.get(key.encode("utf-8"))
+        except lmdb.Error as e:
+            # e.g. CorruptedError from a damaged B-tree page; lmdb's message names no file.
+            raise ImageReadError(
+                f"cannot read key {where}: {type(e).__name__}: {e} (the LMDB is damaged; "
+                "rebuild it with tools/create_lmdb_dataset.py)",
+                path=f"{path}::{key}",
+            ) from e
         if data is None:
             raise ImageReadError(f"key {where} does not exist", path=f"{path}::{key}")
+        expected = record.get("crc32")
+        if expected is not None and zlib.crc32(data) != expected:
+            raise ImageReadError(
+                f"image {where} is corrupted: its CRC-32 is {zlib.crc32(data):08x}, the LMDB "
+                f"recorded {expected:08x} when it was written (rebuild it with "
+                "tools/create_lmdb_dataset.py)",
+                path=f"{path}::{key}",
+            )
         return _decode(data, where)
     path = record["file_name"]
     try:
@@ -633,6 +748,9 @@ def imagenet_class_labels(class_ids: Sequence[str]) -> list[str]:
 
 # Arguments of each name registered by this module, to tell a repeat from a conflict.
 _REGISTERED: dict[str, tuple] = {}
+# Per registered name: its prepare function, and the splits that take their classes from it.
+_PREPARE: dict[str, Optional[Callable[[], None]]] = {}
+_DEPENDENTS: dict[str, list[str]] = {}
 
 
 def _set_class_metadata(name: str, class_names: Sequence[str], class_labels) -> None:
@@ -660,6 +778,7 @@ def register_classification_dataset(
     class_labels: Optional[Sequence[str]] = None,
     ann_file: Optional[PathLike] = None,
     prepare: Optional[Callable[[], None]] = None,
+    classes_from: Optional[str] = None,
 ) -> str:
     """Register a classification split with Detectron2's ``DatasetCatalog``; returns ``name``.
 
@@ -667,9 +786,14 @@ def register_classification_dataset(
     ``ann_file``, the image root of an annotation list (:func:`load_annotation_list`).
     ``fmt="lmdb"``: ``root`` is an LMDB (:func:`load_lmdb`; ``ann_file`` for released ones).
 
-    ``class_names`` are the folder names / synsets in label order (default: sorted folders, or
-    the LMDB's stored names); LMDB labels are remapped to them by name. ``class_labels`` are the
-    human-readable names (default: :func:`imagenet_class_labels`). Nothing is read now: metadata
+    ``class_names`` are the folder names / synsets in label order (default: the sorted folders
+    that hold images, or the LMDB's stored names); LMDB labels are remapped to them by name.
+    ``classes_from`` instead names another split registered here (normally the training split)
+    whose class list this one uses, so that a class folder that is empty or missing here does
+    not shift the labels; loading that split first checks this one (its folders with images, or
+    its LMDB's classes) and raises ``ValueError`` naming both folders and every class found here
+    but not there. ``class_labels`` are the human-readable names (default:
+    :func:`imagenet_class_labels`). Nothing is read now: metadata
     ``thing_classes``, ``class_ids`` and ``num_classes`` are set now when ``class_names`` is given,
     else on the first load. ``evaluator_type="classification"``, ``root`` and ``format`` are
     always set. ``prepare`` (if any) runs before each load, e.g. to generate the files.
@@ -684,7 +808,7 @@ def register_classification_dataset(
     ann = str(Path(ann_file).resolve()) if ann_file is not None else None
     names = None if class_names is None else tuple(str(c) for c in class_names)
     labels = None if class_labels is None else tuple(str(c) for c in class_labels)
-    args = (root, fmt, names, labels, ann)
+    args = (root, fmt, names, labels, ann, classes_from)
     if name in _REGISTERED and name not in DatasetCatalog.list():
         # Removed from the catalog by someone else since; register afresh.
         del _REGISTERED[name]
@@ -692,31 +816,47 @@ def register_classification_dataset(
         if _REGISTERED[name] != args:
             raise ValueError(
                 f"dataset '{name}' is already registered with (root, fmt, class_names, "
-                f"class_labels, ann_file)={_summary(_REGISTERED[name])}; cannot register it "
-                f"again with {_summary(args)}"
+                f"class_labels, ann_file, classes_from)={_summary(_REGISTERED[name])}; cannot "
+                f"register it again with {_summary(args)}"
             )
         return name
     if name in DatasetCatalog.list():
         raise ValueError(f"dataset '{name}' is already registered by other code")
     if names is not None and labels is not None and len(names) != len(labels):
         raise ValueError(f"dataset '{name}': {len(labels)} class labels for {len(names)} classes")
+    if classes_from is not None:
+        _check_classes_from(name, classes_from, names)
 
     def load() -> list[dict]:
         if prepare is not None:
             prepare()
-        records, found = _load_split(root, fmt, names, ann)
-        _set_class_metadata(name, names or found, labels)
-        if names is not None:
-            bad = [r for r in records if not 0 <= r["label"] < len(names)]
+        use, source = names, None
+        if classes_from is not None:
+            if classes_from not in _REGISTERED:
+                raise ValueError(
+                    f"dataset '{name}' takes its classes from '{classes_from}', which is no "
+                    "longer registered"
+                )
+            use = tuple(_class_list(classes_from))
+            source = f"'{classes_from}' ({_REGISTERED[classes_from][0]})"
+        records, found = _load_split(root, fmt, use, ann, source)
+        # Before the records go anywhere: a training split checks the splits that follow it.
+        _check_dependents(name, found)
+        _set_class_metadata(name, use or found, labels)
+        if use is not None:
+            bad = [r for r in records if not 0 <= r["label"] < len(use)]
             if bad:
                 raise ValueError(
                     f"dataset '{name}': label {bad[0]['label']} of {bad[0]['image_id']} is "
-                    f"outside 0..{len(names) - 1}"
+                    f"outside 0..{len(use) - 1}"
                 )
         return records
 
     DatasetCatalog.register(name, load)
     _REGISTERED[name] = args
+    _PREPARE[name] = prepare
+    if classes_from is not None and name not in _DEPENDENTS.setdefault(classes_from, []):
+        _DEPENDENTS[classes_from].append(name)
     MetadataCatalog.get(name).set(evaluator_type="classification", root=root, format=fmt)
     if names is not None:
         _set_class_metadata(name, names, labels)
@@ -733,15 +873,99 @@ def _summary(args: tuple) -> tuple:
     return tuple(short(v) for v in args)
 
 
+def _check_classes_from(name: str, classes_from: str, names: Optional[tuple]) -> None:
+    if names is not None:
+        raise ValueError(f"dataset '{name}': give class_names or classes_from, not both")
+    if classes_from == name or classes_from not in _REGISTERED:
+        raise ValueError(
+            f"dataset '{name}': classes_from={classes_from!r} must name another split "
+            "registered with register_classification_dataset (register it first)"
+        )
+    root, fmt, from_names, _, ann, from_from = _REGISTERED[classes_from]
+    if from_names is None and from_from is None and ann is not None:
+        raise ValueError(
+            f"dataset '{name}': '{classes_from}' ({root}) takes its labels from an annotation "
+            "list and has no class list; give class_names instead"
+        )
+
+
+def _class_list(name: str) -> list[str]:
+    """The class list that labels the registered split ``name``, without listing its images."""
+    root, fmt, names, _, ann, classes_from = _REGISTERED[name]
+    if names is not None:
+        return list(names)
+    if classes_from is not None:
+        return _class_list(classes_from)
+    if _PREPARE.get(name) is not None:
+        _PREPARE[name]()
+    if fmt == "lmdb":
+        return read_lmdb_metadata(root)["class_names"]
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"image folder {root} (dataset '{name}') does not exist")
+    return list_class_folders(root, skip_empty=True)
+
+
+def _split_classes(root: str, fmt: str) -> Optional[list[str]]:
+    """Classes with images in a split's folders, or stored in its LMDB; None if not there."""
+    if fmt == "lmdb":
+        return read_lmdb_metadata(root)["class_names"] if Path(root).exists() else None
+    if not Path(root).is_dir():
+        return None
+    return list_class_folders(root, skip_empty=True)
+
+
+def _check_dependents(name: str, classes: Optional[list[str]]) -> None:
+    """Raise ValueError if a split that takes its classes from ``name`` has classes it lacks."""
+    from detectron2.data import DatasetCatalog
+
+    if classes is None:
+        return
+    known = set(classes)
+    root = _REGISTERED[name][0]
+    for dep in _DEPENDENTS.get(name, []):
+        if dep not in _REGISTERED or dep not in DatasetCatalog.list():
+            continue
+        dep_root, dep_fmt, _, _, dep_ann, _ = _REGISTERED[dep]
+        # Not there yet (made by its prepare) or labelled by a list: its own load checks it.
+        found = None if dep_ann is not None else _split_classes(dep_root, dep_fmt)
+        if found is None:
+            continue
+        extra = [c for c in found if c not in known]
+        if not extra:
+            present = set(found)
+            missing = [c for c in classes if c not in present]
+            if missing:
+                logger.warning(
+                    "%d class(es) of '%s' (%s) have no images in '%s' (%s): %s",
+                    len(missing),
+                    name,
+                    root,
+                    dep,
+                    dep_root,
+                    ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+                )
+            continue
+        shown = ", ".join(extra[:10]) + (" ..." if len(extra) > 10 else "")
+        raise ValueError(
+            f"the class lists of '{name}' ({root}) and '{dep}' ({dep_root}) disagree: "
+            f"{len(extra)} class(es) of {dep_root} are not classes of {root}: {shown}. "
+            f"'{dep}' takes its labels from '{name}'; make both hold the same class folders, or "
+            "give both the same class_names"
+        )
+
+
 def _load_split(
-    root: str, fmt: str, names: Optional[tuple], ann: Optional[str]
+    root: str,
+    fmt: str,
+    names: Optional[tuple],
+    ann: Optional[str],
+    class_source: Optional[str] = None,
 ) -> tuple[list[dict], Optional[list[str]]]:
     """Records of one registered split and the class names its source defines (if any)."""
     if fmt == "folder":
         if ann is not None:
             return load_annotation_list(root, ann), None
-        records = load_image_folder(root, names)
-        return records, list(names) if names is not None else list_class_folders(Path(root))
+        return _scan_image_folder(root, names, class_source)
     records = load_lmdb(root, ann)
     if ann is not None:
         return records, None
@@ -751,8 +975,9 @@ def _load_split(
     index = {c: i for i, c in enumerate(names)}
     missing = [c for c in stored if c not in index]
     if missing:
+        listed = f"the classes of {class_source}" if class_source else "the class list"
         raise ValueError(
-            f"LMDB {root} has classes that are not in the class list: {', '.join(missing[:10])}"
+            f"LMDB {root} has classes that are not among {listed}: {', '.join(missing[:10])}"
         )
     remap = [index[c] for c in stored]
     for r in records:

@@ -1,4 +1,4 @@
-"""Per-image pipeline and data loaders of the ImageNet classification recipe (SPEC section 8).
+"""Per-image pipeline and data loaders of the ImageNet recipe (docs/model.md#imagenet-1k).
 
 The augmentations come from timm: ``RandomResizedCrop`` (bicubic), horizontal flip and
 RandAugment (``rand-m9-mstd0.5-inc1``: magnitude 9, std 0.5, increasing policies, 2 ops) per image
@@ -13,10 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from detectron2.data import build_detection_train_loader
 from torchvision import transforms as TV
-
-from .samplers import ResumableTrainingSampler
 
 __all__ = [
     "ClassificationMapper",
@@ -133,27 +130,22 @@ def build_classification_train_loader(
     shuffle: bool = True,
     **kwargs: Any,
 ) -> torch.utils.data.DataLoader:
-    """Detectron2's train loader over a :class:`ResumableTrainingSampler`.
+    """A :func:`~plainmamba.data.build_resumable_train_loader` without aspect-ratio grouping.
 
-    Every batch holds ``total_batch_size / world_size`` images per process; the engine moves the
-    sampler to the resumed iteration (``sampler.set_start``), so a resumed run sees the samples
-    the interrupted one would have seen.
+    Every batch holds ``total_batch_size / world_size`` images per process. The order and the
+    augmentation of every image depend only on the seed and the position in the stream, so the
+    engine continues a resumed run with the samples, crops and flips the interrupted one would
+    have used, whatever ``num_workers`` is.
     """
-    from detectron2.utils import comm
+    from .resumable import build_resumable_train_loader
 
-    world = comm.get_world_size()
-    if total_batch_size <= 0 or total_batch_size % world:
-        raise ValueError(
-            f"total_batch_size={total_batch_size} must be a positive multiple of the number of "
-            f"processes ({world})"
-        )
-    sampler = ResumableTrainingSampler(len(dataset), shuffle=shuffle, seed=seed)
-    return build_detection_train_loader(
+    return build_resumable_train_loader(
         dataset=dataset,
         mapper=mapper,
-        sampler=sampler,
         total_batch_size=total_batch_size,
-        aspect_ratio_grouping=False,
         num_workers=num_workers,
+        seed=seed,
+        shuffle=shuffle,
+        aspect_ratio_grouping=False,
         **kwargs,
     )

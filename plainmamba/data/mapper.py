@@ -12,10 +12,16 @@ augmentation: the sizes must agree, and, when ``sem_seg_num_classes`` is given, 
 be a class index or the ignore value. A wrongly prepared data set (ADE20K labels not shifted, a
 label folder from another release) then fails on its first image with the file named, instead
 of training on garbage or failing inside the loss.
+
+Images and label maps are read at their own bit depth: a 16-bit grayscale image is scaled to
+8 bits (Pillow's conversion clips it at 255, which turns it almost white) and a 16-bit label map
+keeps its values (Detectron2 reads label maps as 8-bit ``L``, which clips every value above 255
+to 255, the ignore value), so the class check sees them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 
@@ -25,9 +31,21 @@ from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BitMasks, BoxMode, PolygonMasks
-from detectron2.utils.logger import log_first_n
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
-__all__ = ["ImageReadError", "SafeDatasetMapper", "sanitize_annotations"]
+__all__ = [
+    "ImageReadError",
+    "SafeDatasetMapper",
+    "read_label_map",
+    "sanitize_annotations",
+    "to_8bit",
+]
+
+logger = logging.getLogger(__name__)
+
+# Warnings about dropped annotations a mapper logs (each DataLoader worker holds its own copy).
+_MAX_DROP_WARNINGS = 10
 
 
 class ImageReadError(OSError):
@@ -40,6 +58,76 @@ class ImageReadError(OSError):
     def __reduce__(self):
         # Keep ``path`` when the error crosses a DataLoader worker boundary.
         return type(self), (str(self), self.path)
+
+
+# One integer channel wider than 8 bits. Pillow opens 16-bit grayscale PNG/TIFF as "I;16*"
+# (older releases as "I").
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8bit(image: Image.Image, file_name: str) -> Image.Image:
+    """``image`` unchanged, or a 16-bit grayscale ``image`` scaled to 8 bits (``L``, v / 257).
+
+    Pillow's ``convert("L")``/``convert("RGB")`` clips such images at 255 instead of scaling
+    them. Images with no fixed range (32-bit integer values above 65535 or below 0, 32-bit float)
+    raise :class:`ImageReadError` naming ``file_name``.
+    """
+    if image.mode not in _WIDE_INT_MODES and image.mode != "F":
+        return image
+    values = np.asarray(image)
+    if image.mode == "F" or (values.size and (values.min() < 0 or values.max() > 65535)):
+        raise ImageReadError(
+            f"image {file_name} has {'32-bit float' if image.mode == 'F' else '32-bit integer'} "
+            f"pixels (PIL mode {image.mode}) with no fixed range; convert it to an 8-bit image",
+            path=file_name,
+        )
+    scaled = np.round(values.astype(np.float64) / 257.0).astype(np.uint8)
+    return Image.fromarray(scaled, "L")
+
+
+def _open_image(file_name: str) -> Image.Image:
+    with PathManager.open(file_name, "rb") as f:
+        # Detectron2's read_image applies the EXIF orientation; so does this reader.
+        image = utils._apply_exif_orientation(Image.open(f))
+        image.load()
+    return image
+
+
+def read_label_map(file_name: str) -> np.ndarray:
+    """The label map in ``file_name`` as an HxW integer array of its stored values.
+
+    Single-channel integer images are read at their own depth: 8-bit ``L``, palette ``P`` (its
+    indices, as Detectron2's ``SemSegEvaluator`` reads them), 1-bit, 16- and 32-bit. Colour
+    images become luminance, as ``detectron2.data.detection_utils.read_image(f, "L")`` does.
+    Float label maps raise :class:`ImageReadError`. Other read errors propagate.
+    """
+    image = _open_image(file_name)
+    if image.mode == "F":
+        raise ImageReadError(
+            f"label map {file_name} has float pixels (PIL mode F); label maps must hold integer "
+            "class indices",
+            path=file_name,
+        )
+    if image.mode in _WIDE_INT_MODES or image.mode in ("L", "P"):
+        return np.array(image)
+    if image.mode == "1":
+        return np.array(image, dtype=np.uint8)
+    return np.asarray(image.convert("L"))
+
+
+@contextlib.contextmanager
+def _named_read_errors(file_name: str, what: str):
+    """Turn any error raised while opening or decoding ``file_name`` into an ImageReadError."""
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Exception as e:
+        # Anything raised while opening or decoding is a property of the file, whatever
+        # exception type PIL or the path manager chose for it.
+        raise ImageReadError(
+            f"cannot read {what} {file_name!r}: {type(e).__name__}: {e}", path=file_name
+        ) from e
 
 
 def _valid_polygon(poly) -> bool:
@@ -68,33 +156,49 @@ def _valid_box(anno: dict) -> bool:
     return True
 
 
+def _usable_mask(anno: dict) -> dict | None:
+    """``anno`` with its invalid polygons removed, or None if it has no usable mask."""
+    # Detectron2's load_coco_json drops the key of an empty segmentation ("segmentation": []).
+    segm = anno.get("segmentation")
+    if isinstance(segm, dict):
+        # RLE: Detectron2 decodes it as given; only an obviously empty one is unusable.
+        return anno if segm.get("counts") and segm.get("size") else None
+    if isinstance(segm, (list, tuple)):
+        polys = [p for p in segm if _valid_polygon(p)]
+        if not polys:
+            return None
+        return anno if len(polys) == len(segm) else dict(anno, segmentation=polys)
+    return None
+
+
+def _sanitize(annos: list[dict], use_instance_mask: bool) -> tuple[list[dict], int, int]:
+    """Kept annotations, and how many non-crowd ones were dropped for their box, for their mask."""
+    kept, bad_box, bad_mask = [], 0, 0
+    for anno in annos:
+        if anno.get("iscrowd", 0) != 0:
+            continue
+        if not _valid_box(anno):
+            bad_box += 1
+            continue
+        if use_instance_mask:
+            anno = _usable_mask(anno)
+            if anno is None:
+                bad_mask += 1
+                continue
+        kept.append(anno)
+    return kept, bad_box, bad_mask
+
+
 def sanitize_annotations(annos: list[dict], use_instance_mask: bool) -> list[dict]:
     """Return the annotations that are safe to train on, with invalid polygons removed.
 
     Drops crowd annotations (as Detectron2's mapper does), boxes that are missing, non-finite or
-    of zero/negative width or height, and, when masks are used, polygons with fewer than three
-    points or non-finite coordinates; an annotation left without any valid polygon is dropped.
+    of zero/negative width or height, and, when masks are used, annotations without a usable
+    mask: no segmentation (Detectron2's loader removes an empty one), an empty RLE, or no polygon
+    with at least three points and finite coordinates (invalid polygons are removed from the
+    others).
     """
-    kept = []
-    for anno in annos:
-        if anno.get("iscrowd", 0) != 0 or not _valid_box(anno):
-            continue
-        if use_instance_mask and "segmentation" in anno:
-            segm = anno["segmentation"]
-            if isinstance(segm, dict):
-                # RLE: Detectron2 decodes it as given; only an obviously empty one is unusable.
-                if not segm.get("counts") or not segm.get("size"):
-                    continue
-            elif isinstance(segm, (list, tuple)):
-                polys = [p for p in segm if _valid_polygon(p)]
-                if not polys:
-                    continue
-                if len(polys) != len(segm):
-                    anno = dict(anno, segmentation=polys)
-            else:
-                continue
-        kept.append(anno)
-    return kept
+    return _sanitize(annos, use_instance_mask)[0]
 
 
 class SafeDatasetMapper(DatasetMapper):
@@ -124,16 +228,13 @@ class SafeDatasetMapper(DatasetMapper):
     def _read_image(
         self, file_name: str, image_format: str | None = None, what: str = "image"
     ) -> np.ndarray:
-        try:
-            return utils.read_image(file_name, format=image_format or self.image_format)
-        except ImageReadError:
-            raise
-        except Exception as e:
-            # Anything raised while opening or decoding is a property of the file, whatever
-            # exception type PIL or the path manager chose for it.
-            raise ImageReadError(
-                f"cannot read {what} {file_name!r}: {type(e).__name__}: {e}", path=file_name
-            ) from e
+        with _named_read_errors(file_name, what):
+            image = to_8bit(_open_image(file_name), file_name)
+            return utils.convert_PIL_to_numpy(image, image_format or self.image_format)
+
+    def _read_label_map(self, file_name: str) -> np.ndarray:
+        with _named_read_errors(file_name, "label map"):
+            return read_label_map(file_name)
 
     def _check_sem_seg(
         self, sem_seg: np.ndarray, image: np.ndarray, sem_seg_file: str, image_file: str
@@ -147,6 +248,15 @@ class SafeDatasetMapper(DatasetMapper):
             )
         num_classes = self.sem_seg_num_classes
         if num_classes is None:
+            if sem_seg.dtype != np.uint8 and sem_seg.size:
+                low, high = int(sem_seg.min()), int(sem_seg.max())
+                if low < 0 or high > 255:
+                    raise ValueError(
+                        f"label map {sem_seg_file!r} ({sem_seg.dtype}) has values in "
+                        f"[{low}, {high}], outside 0..255; without sem_seg_num_classes only "
+                        "8-bit labels are accepted: set sem_seg_num_classes (and ignore_label) "
+                        "of the mapper to the data set's"
+                    )
             return
         valid = ((sem_seg >= 0) & (sem_seg < num_classes)) | (sem_seg == self.ignore_label)
         if valid.all():
@@ -160,19 +270,42 @@ class SafeDatasetMapper(DatasetMapper):
             f"datasets/prepare_ade20k_sem_seg.py)?"
         )
 
+    def _warn_dropped(self, dataset_dict: dict, bad_box: int, bad_mask: int) -> None:
+        count = getattr(self, "_drop_warnings", 0)
+        if count >= _MAX_DROP_WARNINGS:
+            return
+        self._drop_warnings = count + 1
+        reasons = []
+        if bad_box:
+            reasons.append(f"{bad_box} with a missing, non-finite or empty box")
+        if bad_mask:
+            reasons.append(
+                f"{bad_mask} without a usable mask (empty or missing segmentation, or no polygon "
+                "of three or more points)"
+            )
+        image = dataset_dict.get("file_name", "<unknown>")
+        image_id = dataset_dict.get("image_id")
+        more = (
+            "; further such warnings of this mapper are not shown"
+            if count + 1 == _MAX_DROP_WARNINGS
+            else ""
+        )
+        logger.warning(
+            "SafeDatasetMapper dropped %d invalid annotation(s) of image %s%s: %s%s",
+            bad_box + bad_mask,
+            image,
+            "" if image_id is None else f" (image_id {image_id})",
+            ", ".join(reasons),
+            more,
+        )
+
     def _transform_annotations(self, dataset_dict, transforms, image_shape):
         raw = dataset_dict.pop("annotations")
-        annos_in = sanitize_annotations(raw, self.use_instance_mask)
+        annos_in, bad_box, bad_mask = _sanitize(raw, self.use_instance_mask)
         # Only annotations invalid in the data set are worth a warning; crops that empty a box
         # are routine and dropped silently, as Detectron2 does.
-        dropped = sum(a.get("iscrowd", 0) == 0 for a in raw) - len(annos_in)
-        if dropped:
-            log_first_n(
-                logging.WARNING,
-                f"SafeDatasetMapper dropped {dropped} invalid annotation(s) of "
-                f"{dataset_dict.get('file_name', '<unknown>')}",
-                n=10,
-            )
+        if bad_box or bad_mask:
+            self._warn_dropped(dataset_dict, bad_box, bad_mask)
         annos = []
         for obj in annos_in:
             obj = dict(obj)
@@ -185,11 +318,10 @@ class SafeDatasetMapper(DatasetMapper):
                     obj, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
                 )
             )
-        # A crop can shrink polygons below three points; those would crash PolygonMasks.
+        # A crop can shrink polygons below three points; those would crash PolygonMasks. Every
+        # annotation left has a mask when masks are on: annotations_to_instances decides on
+        # gt_masks from the first one only, and Mask R-CNN fails without the field.
         annos = sanitize_annotations(annos, self.use_instance_mask)
-        # annotations_to_instances decides on masks from the first annotation only.
-        if self.use_instance_mask and any("segmentation" in a for a in annos):
-            annos = [a for a in annos if "segmentation" in a]
 
         instances = utils.annotations_to_instances(
             annos, image_shape, mask_format=self.instance_mask_format
@@ -213,8 +345,12 @@ class SafeDatasetMapper(DatasetMapper):
 
         if "sem_seg_file_name" in dataset_dict:
             sem_seg_file = dataset_dict.pop("sem_seg_file_name")
-            sem_seg_gt = self._read_image(sem_seg_file, "L", what="label map").squeeze(2)
+            sem_seg_gt = self._read_label_map(sem_seg_file)
             self._check_sem_seg(sem_seg_gt, image, sem_seg_file, dataset_dict["file_name"])
+            if sem_seg_gt.dtype != np.uint8 and 0 <= sem_seg_gt.min() <= sem_seg_gt.max() <= 255:
+                # Detectron2's resize handles only uint8 label maps (wider ones go to torch's
+                # interpolate, which has no integer nearest mode).
+                sem_seg_gt = sem_seg_gt.astype(np.uint8)
         else:
             sem_seg_gt = None
 

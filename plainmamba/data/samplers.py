@@ -45,6 +45,7 @@ class ResumableTrainingSampler(Sampler[int]):
         self._size = size
         self._shuffle = shuffle
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._seed_given = seed is not None
         self._rank = comm.get_rank() if rank is None else int(rank)
         self._world_size = comm.get_world_size() if world_size is None else int(world_size)
         if not 0 <= self._rank < self._world_size:
@@ -55,6 +56,26 @@ class ResumableTrainingSampler(Sampler[int]):
     def samples_per_epoch(self) -> int:
         """Indices each rank draws per epoch."""
         return math.ceil(self._size / self._world_size)
+
+    @property
+    def seed(self) -> int:
+        """The seed of the permutations."""
+        return self._seed
+
+    @property
+    def seed_given(self) -> bool:
+        """Whether the seed was passed in rather than drawn."""
+        return self._seed_given
+
+    @property
+    def rank(self) -> int:
+        """The rank whose shard this sampler yields."""
+        return self._rank
+
+    def set_seed(self, seed: int) -> None:
+        """Draw the permutations from ``seed`` from the next iteration over this sampler on."""
+        self._seed = int(seed)
+        self._seed_given = True
 
     def set_start(self, position: int) -> None:
         """Begin the next iteration over this sampler at ``position`` in this rank's stream."""

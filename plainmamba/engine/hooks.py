@@ -1,16 +1,20 @@
-"""Training hooks added to Detectron2's: an exponential moving average of the weights."""
+"""Training hooks added to Detectron2's: an exponential moving average of the weights, and a
+periodic checkpointer whose ``max_to_keep`` holds across resumes."""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["EMAHook", "unwrap_model"]
+from ..checkpoint.atomic import list_checkpoints
+
+__all__ = ["EMAHook", "KeepingPeriodicCheckpointer", "unwrap_model"]
 
 logger = logging.getLogger("detectron2.plainmamba.engine")
 
@@ -84,3 +88,41 @@ class _EMAState:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self._hook.module.load_state_dict(state)
         self._hook.restored = True
+
+
+class KeepingPeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """Detectron2's ``PeriodicCheckpointer`` whose ``max_to_keep`` also counts earlier processes'
+    files.
+
+    Detectron2's hook only deletes files it wrote itself, so every resume would leave up to
+    ``max_to_keep`` more behind. This one starts from the ``{file_prefix}_NNNNNNN.pth`` files
+    already in the output folder (up to the resumed iteration) and deletes the oldest periodic
+    files until at most ``max_to_keep`` remain after each save; ``*_final.pth`` is never deleted.
+    """
+
+    def before_train(self) -> None:
+        super().before_train()
+        if self.max_to_keep is None:
+            return
+        start = self.trainer.start_iter
+        save_dir = self.checkpointer.save_dir
+        self.recent_checkpoints = [
+            path for it, path in list_checkpoints(save_dir, self.file_prefix) if it < start
+        ]
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        iteration = int(iteration)
+        state = {"iteration": iteration, **kwargs}
+        if (iteration + 1) % self.period == 0:
+            name = f"{self.file_prefix}_{iteration:07d}"
+            self.checkpointer.save(name, **state)
+            if self.max_to_keep is not None:
+                path = os.path.join(self.checkpointer.save_dir, name + ".pth")
+                self.recent_checkpoints = [p for p in self.recent_checkpoints if p != path]
+                self.recent_checkpoints.append(path)
+                while len(self.recent_checkpoints) > self.max_to_keep:
+                    old = self.recent_checkpoints.pop(0)
+                    if os.path.isfile(old) and not old.endswith(f"{self.file_prefix}_final.pth"):
+                        os.remove(old)
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", **state)

@@ -9,9 +9,15 @@ fvcore ``ParamScheduler``) and ``train`` as in Detectron2's ``common/train.py``.
 * ``train.amp.precision``: ``"float16"`` (default) or ``"bfloat16"`` when ``train.amp.enabled``.
 * ``train.ema = dict(enabled=True, decay=0.9999)``: an exponential moving average of the weights
   (:class:`~plainmamba.engine.hooks.EMAHook`), saved in every checkpoint under ``"ema"``,
-  resumed, and evaluated beside the model (results under ``"ema/..."``).
+  resumed, and evaluated beside the model (results under ``"ema/..."``). With
+  ``kind="released"`` (and ``momentum``, ``decay_epochs``, ``decay_factor``) it is the released
+  ImageNet EMA instead (:class:`~plainmamba.engine.ema_released.ReleasedEMAHook`), swapped into
+  the model at every epoch's end, so the checkpoints and evaluations there hold the average.
 * A train loader whose sampler has ``set_start`` (:class:`~plainmamba.data.ResumableTrainingSampler`)
   is moved to the resumed iteration, so ``--resume`` continues the data stream where it stopped.
+  With :func:`~plainmamba.data.build_resumable_train_loader` and a random state reseeded per
+  iteration (:mod:`plainmamba.engine.resume`) a resumed run repeats an uninterrupted one exactly
+  on the CPU; checkpoint files are written atomically (``docs/checkpoints.md``).
 * ``train.device`` asking for CUDA on a machine without falls back to CPU with a warning, and
   multi-process runs on CPU use GLOO with ``device_ids=None`` DDP.
 """
@@ -24,7 +30,8 @@ import difflib
 import inspect
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+import re
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,7 +53,9 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..checkpoint import PlainMambaCheckpointer
-from .hooks import EMAHook
+from ..lifecycle import tie_to_parent
+from .hooks import EMAHook, KeepingPeriodicCheckpointer
+from .resume import IterationSeededLoader, RunSeeds, prune_metrics
 
 __all__ = [
     "ConfigError",
@@ -102,7 +111,14 @@ Examples:
   evaluate a checkpoint:
     $ python {script} --config-file CONFIG.py --eval-only train.init_checkpoint=model.pth
 """
-    return default_argument_parser(epilog=epilog)
+    parser = default_argument_parser(epilog=epilog)
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle train.init_checkpoint and resumed files without restrictions (they can "
+        "then run code): only for files you trust that the safe loader refuses",
+    )
+    return parser
 
 
 def _target_accepts(target: Any, name: str) -> bool:
@@ -161,14 +177,72 @@ def _check_override_key(cfg: DictConfig, key: str, text: str, source: str) -> No
     raise ConfigError(f"{msg}. To add a new key, write '+{text}'")
 
 
+def _argument_default(target: Any, name: str) -> Any:
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except Exception:  # noqa: BLE001 - unknown targets fail later with their own error
+            return _ABSENT
+    try:
+        param = inspect.signature(target).parameters.get(name)
+    except (TypeError, ValueError):
+        return _ABSENT
+    if param is None or param.default is inspect.Parameter.empty:
+        return _ABSENT
+    return param.default
+
+
+def _replaced_value(cfg: DictConfig, key: str) -> Any:
+    """What an override of ``key`` replaces: the config's value, else the LazyCall's default."""
+    value = _select(cfg, key)
+    if value is not _ABSENT:
+        return value
+    parent_key, _, name = key.rpartition(".")
+    parent = _select(cfg, parent_key) if parent_key else cfg
+    if isinstance(parent, DictConfig) and "_target_" in parent:
+        return _argument_default(parent._target_, name)
+    return _ABSENT
+
+
+# Checked types, and how a message names them. bool before int: True is an int in Python.
+_SCALAR_TYPES = ((bool, "a bool (True or False)"), (int, "an int"), (float, "a number"))
+
+
+def _check_override_type(cfg: DictConfig, key: str, value: Any, text: str, source: str) -> None:
+    """An override of a bool, int or float must be one too (an int may replace a float).
+
+    Without this, ``train.max_iter=abc`` is stored as the string ``"abc"`` and fails only in
+    the launched processes, in a traceback that does not name the key.
+    """
+    if value is None or (isinstance(value, str) and value.startswith("${")):
+        return  # null, or an interpolation that is resolved (and used) later
+    current = _replaced_value(cfg, key)
+    for kind, name in _SCALAR_TYPES:
+        if isinstance(current, kind):
+            break
+    else:
+        return  # strings, lists, LazyCalls: any value may be meant
+    if kind is bool:
+        ok = isinstance(value, bool)
+    else:
+        numbers = (int, float) if kind is float else (int,)
+        ok = isinstance(value, numbers) and not isinstance(value, bool)
+    if not ok:
+        raise ConfigError(
+            f"override {text!r} for config {source}: {key} must be {name} (it replaces "
+            f"{current!r}), got {value!r} (a {type(value).__name__})"
+        )
+
+
 def apply_overrides(
     cfg: DictConfig, overrides: Sequence[str], source: str = "config"
 ) -> DictConfig:
-    """``LazyConfig.apply_overrides`` that rejects unknown keys with a message naming them.
+    """``LazyConfig.apply_overrides`` that rejects unknown keys and wrong types, naming them.
 
     OmegaConf silently creates keys that do not exist, so a typo would be ignored. A key is
     accepted if it exists, if it is an argument of the LazyCall it belongs to, or if it is
-    written with Hydra's ``+key=value`` (add) syntax.
+    written with Hydra's ``+key=value`` (add) syntax. A value must have the type of the bool,
+    int or float it replaces (the config's value or the LazyCall argument's default).
     """
     if not overrides:
         return cfg
@@ -185,8 +259,14 @@ def apply_overrides(
         key = override.key_or_group
         if override.is_delete():
             raise ConfigError(f"override {text!r}: deleting keys is not supported")
+        if override.is_sweep_override():
+            raise ConfigError(
+                f"override {text!r}: a comma-separated value is a sweep; write a list as "
+                f"{key}=[a,b] or quote a string"
+            )
         if not (override.is_add() or override.is_force_add()):
             _check_override_key(cfg, key, text, source)
+            _check_override_type(cfg, key, override.value(), text, source)
     try:
         return LazyConfig.apply_overrides(cfg, list(overrides))
     except Exception as err:  # noqa: BLE001
@@ -219,13 +299,121 @@ def _required_keys(eval_only: bool) -> List[str]:
     return keys
 
 
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _check_device(cfg: DictConfig, source: str) -> None:
+    device = _select(cfg, "train.device")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ConfigError(
+            f"train.device={device!r} in config {source}: expected 'cpu', 'cuda' or 'cuda:N' "
+            f"(N a GPU index)"
+        )
+    if device.startswith("cuda:") and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if int(device[len("cuda:") :]) >= count:
+            raise ConfigError(
+                f"train.device={device!r} in config {source}: this machine has {count} GPU(s)"
+            )
+
+
+def _check_count(cfg: DictConfig, key: str, source: str, least: int = 1, hint: str = "") -> Any:
+    """``cfg``'s int at ``key`` (None if absent), which must be at least ``least``."""
+    value = _select(cfg, key)
+    if value is _ABSENT or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        what = "a positive int" if least == 1 else f"an int >= {least}"
+        raise ConfigError(f"{key}={value!r} in config {source}: must be {what}{hint}")
+    return value
+
+
+def _check_batch_sizes(cfg: DictConfig, args: argparse.Namespace, source: str) -> None:
+    # A batch of 0 images, or one that the processes cannot share evenly, would otherwise fail in
+    # every launched process, with an assertion or a division by zero.
+    _check_count(cfg, "dataloader.train.batch_size", source)  # per process
+    total = _check_count(cfg, "dataloader.train.total_batch_size", source)
+    gpus, machines = getattr(args, "num_gpus", 1) or 1, getattr(args, "num_machines", 1) or 1
+    world = gpus * machines
+    if total is not None and total % world:
+        raise ConfigError(
+            f"dataloader.train.total_batch_size={total} in config {source} cannot be split "
+            f"evenly over {world} processes (--num-gpus {gpus} x --num-machines {machines}): "
+            f"use a multiple of {world}"
+        )
+
+
+def _dict_nodes(node: Any, path: str) -> Iterator[Tuple[str, DictConfig]]:
+    """``(path, node)`` for ``node`` and every DictConfig below it."""
+    if isinstance(node, DictConfig):
+        yield path, node
+        keys: Sequence[Any] = list(node.keys())
+    elif isinstance(node, ListConfig):
+        keys = range(len(node))
+    else:
+        return
+    for key in keys:
+        try:
+            child = node[key]
+        except Exception:  # noqa: BLE001 - a broken interpolation: instantiating reports it
+            continue
+        yield from _dict_nodes(child, f"{path}.{key}")
+
+
+def _check_schedule(cfg: DictConfig, source: str) -> None:
+    """Every milestone of a multi-step schedule must come before its ``num_updates``.
+
+    fvcore raises "Milestone must be smaller than total number of updates" in every process
+    otherwise; a schedule whose ``num_updates`` follows ``train.max_iter`` breaks this way when
+    ``train.max_iter`` is lowered. Then the schedule is built here, so that any other mistake in
+    it also shows before processes start.
+    """
+    for path, node in _dict_nodes(cfg.lr_multiplier, "lr_multiplier"):
+        if "milestones" not in node or "num_updates" not in node:
+            continue
+        try:
+            milestones = [int(m) for m in node.milestones]
+            updates = node.num_updates
+        except Exception:  # noqa: BLE001 - not a list of numbers: instantiating reports it
+            continue
+        if updates is None or all(m < updates for m in milestones):
+            continue
+        follows = ""
+        if OmegaConf.is_interpolation(node, "num_updates"):
+            follows = f" (from {node._get_node('num_updates')._value()})"
+        raise ConfigError(
+            f"config {source}: {path}.milestones={milestones} must be smaller than "
+            f"{path}.num_updates={updates}{follows}. Lower the milestones, or set a fixed "
+            f"num_updates such as 100: the engine reads the schedule at iteration / "
+            f"train.max_iter, so the milestones then are percentages of any train.max_iter"
+        )
+    try:
+        instantiate(cfg.lr_multiplier)
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"lr_multiplier of config {source} cannot be built: {err}") from err
+
+
 def check_args(args: argparse.Namespace) -> DictConfig:
     """Load and validate the config named by ``args`` (raises :class:`ConfigError`).
 
-    Meant to run in the launching process, so that mistakes surface before workers start.
+    Meant to run in the launching process, so that mistakes surface before workers start:
+    besides :func:`load_config`'s checks of the overrides, ``train.device``, the iteration
+    counts and periods, the batch sizes (positive; the total one divisible by the number of
+    processes) and the learning-rate schedule.
     """
-    cfg = load_config(args.config_file, args.opts)
-    _require(cfg, _required_keys(args.eval_only), args.config_file)
+    source = args.config_file
+    cfg = load_config(source, args.opts)
+    _require(cfg, _required_keys(args.eval_only), source)
+    _check_device(cfg, source)
+    _check_count(cfg, "dataloader.test.batch_size", source)
+    if args.eval_only:
+        return cfg
+    _check_count(cfg, "train.max_iter", source)
+    _check_count(cfg, "train.log_period", source)
+    _check_count(cfg, "train.checkpointer.period", source)
+    _check_count(cfg, "train.eval_period", source, least=0, hint=" (0 turns evaluation off)")
+    _check_batch_sizes(cfg, args, source)
+    _check_schedule(cfg, source)
     return cfg
 
 
@@ -395,12 +583,41 @@ def _build_ema(cfg: DictConfig, model: nn.Module) -> Optional[EMAHook]:
     ema = cfg.train.get("ema", None)
     if not ema or not ema.get("enabled", False):
         return None
+    if ema.get("kind", "model") == "released":
+        # The released ImageNet EMA: parameters only, swapped into the model at epoch ends.
+        from .ema_released import ReleasedEMAHook
+
+        iters_per_epoch = cfg.train.get("iters_per_epoch", None)
+        if not iters_per_epoch:
+            raise ConfigError("train.ema.kind='released' needs train.iters_per_epoch")
+        return ReleasedEMAHook(  # type: ignore[return-value]
+            model,
+            iters_per_epoch=int(iters_per_epoch),
+            momentum=float(ema.get("momentum", 1e-4)),
+            warm_up=int(ema.get("warm_up", 100)),
+            decay_epochs=list(ema.get("decay_epochs", [250])),
+            decay_factor=float(ema.get("decay_factor", 10.0)),
+        )
     return EMAHook(model, decay=float(ema.get("decay", 0.9999)), device=ema.get("device", None))
 
 
 def _set_data_position(train_loader: Any, start_iter: int) -> None:
-    """Move a resumable sampler to the first sample of iteration ``start_iter``."""
-    sampler = getattr(getattr(train_loader, "dataset", None), "sampler", None)
+    """Move a resumable stream or sampler to the first sample of iteration ``start_iter``."""
+    stream = getattr(train_loader, "dataset", None)
+    if hasattr(stream, "set_start_iter"):
+        stream.set_start_iter(start_iter)
+        if start_iter and getattr(stream, "aspect_ratio_grouping", False):
+            logger.info("Data position restored: batch %d of this process's stream", start_iter)
+        elif start_iter:
+            logger.info(
+                "Data position restored: sample %d of this process's stream (iteration %d, %d "
+                "per step)",
+                start_iter * stream.batch_size,
+                start_iter,
+                stream.batch_size,
+            )
+        return
+    sampler = getattr(stream, "sampler", None)
     batch = getattr(train_loader, "batch_size", None)
     if sampler is None or not hasattr(sampler, "set_start") or not batch:
         if start_iter:
@@ -440,9 +657,15 @@ def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
 
     train_loader = instantiate(cfg.dataloader.train)
     model = _create_ddp_model(model, cfg.train.device, cfg.train.get("ddp", None))
-    trainer = build_trainer(cfg, model, train_loader, optimizer)
+    # Seeds and data position live in every checkpoint; the wrapper reseeds all generators
+    # per iteration, so that a resumed run draws the numbers the uninterrupted one would.
+    seeds = RunSeeds(cfg.train.get("seed", None), train_loader)
+    trainer = build_trainer(cfg, model, IterationSeededLoader(train_loader, seeds), optimizer)
     ema = _build_ema(cfg, model)
-    checkpointer = PlainMambaCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = PlainMambaCheckpointer(
+        model, cfg.train.output_dir, trainer=trainer, trusted=_trusted(args)
+    )
+    checkpointer.add_checkpointable("resume", seeds)
     if ema is not None:
         checkpointer.add_checkpointable("ema", ema.checkpointable)
 
@@ -460,19 +683,11 @@ def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             ema,  # before the checkpointer, so that a checkpoint holds this step's average
             (
-                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+                KeepingPeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
                 if main_process
                 else None
             ),
             hooks.EvalHook(cfg.train.get("eval_period", 0), evaluate),
-            (
-                hooks.PeriodicWriter(
-                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                    period=cfg.train.get("log_period", 20),
-                )
-                if main_process
-                else None
-            ),
         ]
     )
 
@@ -480,20 +695,45 @@ def do_train(cfg: DictConfig, args: argparse.Namespace) -> Dict[str, Any]:
     if args.resume and checkpointer.has_checkpoint():
         # The checkpoint holds the iteration that had finished; go on with the next one.
         start_iter = trainer.iter + 1
+        checkpointer.restore_final(trainer.iter, cfg.train.max_iter)
     else:
         start_iter = 0
+    seeds.start(start_iter)
     _set_data_position(train_loader, start_iter)
+    if main_process:
+        if start_iter:
+            # The writers append to metrics.json: first drop what the interrupted run logged
+            # past its last checkpoint, which this run logs again.
+            metrics = os.path.join(cfg.train.output_dir, "metrics.json")
+            dropped = prune_metrics(metrics, start_iter)
+            if dropped:
+                logger.info(
+                    "Removed %d lines of %s (iteration >= %d)", dropped, metrics, start_iter
+                )
+        trainer.register_hooks(
+            [
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.get("log_period", 20),
+                )
+            ]
+        )
     trainer.train(start_iter, cfg.train.max_iter)
     return last_results
 
 
-def _evaluate_checkpoint(cfg: DictConfig) -> Dict[str, Any]:
+def _trusted(args: argparse.Namespace) -> bool:
+    """``--trust-checkpoint``: full unpickling of the files this run loads (with a warning)."""
+    return bool(getattr(args, "trust_checkpoint", False))
+
+
+def _evaluate_checkpoint(cfg: DictConfig, trusted: bool = False) -> Dict[str, Any]:
     cfg.train.device = resolve_device(cfg.train.device)
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     if not cfg.train.get("init_checkpoint", None):
         logger.warning("--eval-only without train.init_checkpoint: evaluating initial weights")
-    checkpointer = PlainMambaCheckpointer(model, cfg.train.output_dir)
+    checkpointer = PlainMambaCheckpointer(model, cfg.train.output_dir, trusted=trusted)
     ema = _build_ema(cfg, model)
     if ema is not None:
         checkpointer.add_checkpointable("ema", ema.checkpointable)
@@ -511,7 +751,11 @@ def launched_main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     with SIGABRT ("terminate called without an active exception") after its work is finished,
     failing the whole job. Only a normal return tears down: after an error other ranks may still
     wait in a collective.
+
+    A rank spawned by the launcher is killed as soon as the launcher dies
+    (:func:`~plainmamba.lifecycle.tie_to_parent`), and its data-loader workers die with it.
     """
+    tie_to_parent()
     result = main(args)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         comm.synchronize()
@@ -526,7 +770,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="plainmamba")
     if args.eval_only:
-        results = _evaluate_checkpoint(cfg)
+        results = _evaluate_checkpoint(cfg, trusted=_trusted(args))
         if comm.is_main_process():
             print(results)
         return results

@@ -67,6 +67,20 @@ class ZooEntry:
     def checkpoint_url(self) -> Optional[str]:
         return RELEASE_URL + self.checkpoint if self.checkpoint else None
 
+    @property
+    def has_trained_weights(self) -> bool:
+        """Whether ``get(config, trained=True)`` can download released weights for it."""
+        return self.checkpoint is not None
+
+    @property
+    def weights_source(self) -> str:
+        """Where trained weights come from, in one line."""
+        if self.checkpoint_url:
+            return f"released checkpoint, downloaded and converted on use: {self.checkpoint_url}"
+        if self.note:
+            return f"no released checkpoint; {self.note}"
+        return "no released checkpoint; train it with tools/lazyconfig_train_net.py"
+
 
 def _zoo() -> Dict[str, ZooEntry]:
     out: Dict[str, ZooEntry] = {}
@@ -227,28 +241,13 @@ def entry(config_path: str) -> Optional[ZooEntry]:
 
 def _weights_help(name: str) -> str:
     info = entry(name)
-    if info is None or (info.checkpoint is None and not info.note):
+    if info is None:
         return (
             f"no trained weights are known for {name!r}: train it with "
             f"tools/lazyconfig_train_net.py --config-file configs/{name} and pass weights=<the "
             f"checkpoint>"
         )
-    if info.checkpoint is None:
-        return (
-            f"no released checkpoint for {name!r}; it is {info.note}. Pass that file as "
-            f"weights=..."
-        )
-    stem = os.path.splitext(os.path.basename(name))[0]
-    released = os.path.basename(info.checkpoint)
-    return (
-        f"no converted weights are hosted for {name!r}. Download the released checkpoint\n"
-        f"  {info.checkpoint_url}\n"
-        f"convert it with\n"
-        f"  python {CONVERTER} {released} output/{stem}_d2.pth --config-file configs/{name}\n"
-        f"and call get({name!r}, weights='output/{stem}_d2.pth'). "
-        f"The released file itself also loads (converted on the fly): weights='{released}'. "
-        f"See MODEL_ZOO.md."
-    )
+    return f"no trained weights to download for {name!r}: {info.weights_source}"
 
 
 def get(
@@ -256,17 +255,23 @@ def get(
     trained: bool = False,
     weights: Optional[str] = None,
     device: Optional[str] = None,
+    trust_checkpoint: bool = False,
 ) -> torch.nn.Module:
     """Build the model of a model-zoo config, in eval mode on ``device``.
 
     Args:
         config_path: model-zoo name, e.g. ``ImageNet/plainmamba_l1_300e.py``.
-        trained: require trained weights; without ``weights`` this raises
-            :class:`WeightsNotAvailableError` that names the released checkpoint to convert.
+        trained: load the released trained weights: downloaded once into the cache
+            (``$DETECTRON2_CACHE``, else iopath's ``$FVCORE_CACHE``), read with the safe loader
+            and converted in memory. Configs without a released checkpoint raise
+            :class:`WeightsNotAvailableError`; ``entry(config_path).weights_source`` says which.
         weights: a checkpoint to load (local path or URL): a converted one, a Detectron2 one, or
             a released MMClassification / MMDetection / MMSegmentation file, through
             :class:`plainmamba.checkpoint.PlainMambaCheckpointer` (strict: every key must fit).
         device: ``"cuda"`` if available else ``"cpu"`` by default.
+        trust_checkpoint: unpickle ``weights`` without restrictions (it can then run code; see
+            docs/checkpoints.md). By default a file that would call code is refused with
+            :class:`plainmamba.checkpoint.UnsafeCheckpointError`.
     """
     from detectron2.config import instantiate
 
@@ -274,7 +279,10 @@ def get(
 
     cfg = get_config(config_path)
     if trained and not weights:
-        raise WeightsNotAvailableError(_weights_help(_normalise(config_path)))
+        info = entry(config_path)
+        if info is None or info.checkpoint_url is None:
+            raise WeightsNotAvailableError(_weights_help(_normalise(config_path)))
+        weights = info.checkpoint_url
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"weights file {weights!r} does not exist")
     if device is None:
@@ -285,5 +293,5 @@ def get(
     model.to(device)
     model.eval()
     if weights:
-        PlainMambaCheckpointer(model).load(weights)
+        PlainMambaCheckpointer(model, trusted=trust_checkpoint).load(weights)
     return model

@@ -4,6 +4,9 @@ from .adapter import MSDeformAttn, PlainMambaAdapter
 from .fpn import LastLevelP6P7Conv
 from .batch_augment import BatchAugment
 from .classifier import PIXEL_MEAN, PIXEL_STD, ImageClassifier, LinearClsHead
+from .mmdet_rules import MaxIoUMatcher, ReleasedRCNN, ReleasedRetinaNet, mmdet_head_init_
+from .detectors import CheckedGeneralizedRCNN, CheckedRetinaNet
+from .inputs import check_image_inputs
 from .plainmamba import ConvPatchEmbed, PlainMamba, PlainMambaLayer, PlainMambaMixer, check_images
 from .segmentation import (
     PPM,
@@ -24,9 +27,16 @@ __all__ = [
     "ConvPatchEmbed",
     "ImageClassifier",
     "LinearClsHead",
+    "MaxIoUMatcher",
+    "ReleasedRCNN",
+    "ReleasedRetinaNet",
+    "mmdet_head_init_",
     "PIXEL_MEAN",
     "PIXEL_STD",
     "check_images",
+    "check_image_inputs",
+    "CheckedGeneralizedRCNN",
+    "CheckedRetinaNet",
     "ConvModule",
     "EncoderDecoderSegmentor",
     "FCNHead",

@@ -1,4 +1,6 @@
-"""PlainMamba-Adapter: a ViT-Adapter-style pyramid around the PlainMamba trunk (SPEC section 7).
+"""PlainMamba-Adapter: a ViT-Adapter-style pyramid around the PlainMamba trunk.
+
+What it computes: docs/model.md#plainmamba-adapter.
 
 The adapter owns a :class:`~plainmamba.modeling.PlainMamba` trunk (``self.trunk``) and runs the
 trunk's layers in groups, exchanging information with a convolutional spatial prior through
@@ -22,6 +24,7 @@ from timm.layers import DropPath, trunc_normal_
 
 from ..ops.ms_deform_attn import ms_deform_attn
 from .plainmamba import PlainMamba, check_images
+from .segmentation import _replace_batch_norms
 
 __all__ = [
     "MSDeformAttn",
@@ -362,6 +365,10 @@ class PlainMambaAdapter(Backbone):
             multi-process CPU (gloo) training.
         drop_path_rate: the extractors' stochastic depth; ``None`` = the trunk's maximum rate.
         out_features: subset of ``res2``..``res5`` (strides 4..32) to return.
+        trunk_norm: a ``get_norm`` name that replaces the trunk's plain ``BatchNorm2d`` layers
+            (its stem, L1's layer-0 dwconv), state kept; ``None`` keeps them. The released
+            training converted the whole detector with ``convert_sync_batchnorm``
+            (``convert_syncbn=True``), so the COCO configs pass the adapter's ``norm``.
     """
 
     _LEVELS = ("res2", "res3", "res4", "res5")
@@ -383,10 +390,13 @@ class PlainMambaAdapter(Backbone):
         norm: str = "SyncBN",
         drop_path_rate: Optional[float] = None,
         out_features: Sequence[str] = _LEVELS,
+        trunk_norm: Optional[str] = None,
     ):
         super().__init__()
         if not isinstance(trunk, PlainMamba):
             raise TypeError(f"PlainMambaAdapter: trunk must be a PlainMamba, got {type(trunk)}")
+        if trunk_norm:
+            _replace_batch_norms(trunk, trunk_norm)
         if trunk.final_norm:
             raise ValueError(
                 "PlainMambaAdapter: build the trunk with final_norm=False (the adapter reads its "

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .inputs import check_image_inputs
 from .plainmamba import PlainMamba
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "LinearClsHead",
     "PIXEL_MEAN",
     "PIXEL_STD",
+    "released_classifier_init_",
     "soft_target_cross_entropy",
 ]
 
@@ -52,6 +54,11 @@ class ImageClassifier(nn.Module):
         batch_augment: applied in training to the normalised batch and its labels, returning
             soft targets (:class:`~plainmamba.modeling.BatchAugment`: Random Erasing, Mixup /
             CutMix, label smoothing); the loss is then the soft-target cross-entropy.
+        init: ``"released"`` re-initialises the whole classifier as the released recipe did
+            (:func:`released_classifier_init_`: every ``nn.Linear``, ``dt_proj`` included,
+            truncated normal std 0.02 with zero bias, so ``dt_proj``'s bias starts at 0), the
+            initialisation behind the published weights; ``"mamba"`` keeps the trunk's own
+            (Mamba's ``dt_proj`` initialisation) and a truncated-normal head.
     """
 
     def __init__(
@@ -64,8 +71,11 @@ class ImageClassifier(nn.Module):
         label_smoothing: float = 0.0,
         head_dropout: float = 0.0,
         batch_augment: Optional[nn.Module] = None,
+        init: str = "released",
     ):
         super().__init__()
+        if init not in ("released", "mamba"):
+            raise ValueError(f"init must be 'released' or 'mamba', got {init!r}")
         self.backbone = backbone
         self.head = LinearClsHead(backbone.embed_dim, num_classes, head_dropout)
         self.num_classes = num_classes
@@ -81,6 +91,9 @@ class ImageClassifier(nn.Module):
         # Not persistent: checkpoints hold only learned state, as the released ones do.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.init = init
+        if init == "released":
+            released_classifier_init_(self)
 
     @property
     def device(self) -> torch.device:
@@ -88,23 +101,7 @@ class ImageClassifier(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Any]]) -> torch.Tensor:
         """Validate, stack and normalise the images of a batch (all of one size)."""
-        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
-            raise ValueError("ImageClassifier expects a non-empty list of dicts with an 'image'")
-        images = []
-        for i, record in enumerate(batched_inputs):
-            name = f"input {i}" + (f" ({record['file_name']})" if "file_name" in record else "")
-            image = record.get("image") if isinstance(record, dict) else None
-            if not torch.is_tensor(image):
-                raise ValueError(f"{name}: missing 'image' tensor")
-            if image.dim() != 3 or image.shape[0] != self.backbone.in_chans:
-                raise ValueError(
-                    f"{name}: expected a ({self.backbone.in_chans}, H, W) image, "
-                    f"got shape {tuple(image.shape)}"
-                )
-            if image.is_floating_point() and image.device.type == "cpu":
-                if not bool(torch.isfinite(image).all()):
-                    raise ValueError(f"{name}: image contains NaN or infinite values")
-            images.append(image)
+        images = check_image_inputs(batched_inputs, self.backbone.in_chans, type(self).__name__)
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:
             raise ValueError(
@@ -146,6 +143,34 @@ class ImageClassifier(nn.Module):
             return soft_target_cross_entropy(logits, target.to(logits.device))
         labels = self.labels(batched_inputs)
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+
+@torch.no_grad()
+def released_classifier_init_(model: ImageClassifier) -> None:
+    """The initialisation ``model.init_weights()`` gave the released MMClassification classifier.
+
+    MMCV applies the classifier's ``init_cfg`` first, to every submodule by class name:
+    ``TruncNormal(layer='Linear', std=0.02, bias=0)`` reaches every ``nn.Linear`` (MMCV does not
+    know Mamba's ``_no_reinit`` mark, so ``dt_proj`` loses its Mamba initialisation: weight
+    truncated normal, bias 0) and ``Constant(layer='LayerNorm', val=1, bias=0)`` every
+    ``LayerNorm``. Then the children's own ``init_weights`` run: the trunk redraws ``pos_embed``
+    (truncated normal, std 0.02) and ``LinearClsHead``'s default ``init_cfg``,
+    ``Normal(layer='Linear', std=0.01)``, redraws the classifier (bias 0). Convolutions and
+    BatchNorms keep PyTorch's defaults; ``A_log``, ``D`` and ``direction_Bs`` keep theirs.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02, a=-2.0, b=2.0)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    pos_embed = getattr(model.backbone, "pos_embed", None)
+    if pos_embed is not None:
+        nn.init.trunc_normal_(pos_embed, std=0.02, a=-2.0, b=2.0)
+    nn.init.normal_(model.head.fc.weight, std=0.01)
+    nn.init.zeros_(model.head.fc.bias)
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

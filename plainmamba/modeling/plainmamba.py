@@ -2,7 +2,7 @@
 
 Module and parameter names follow the released MMClassification layout (``patch_embed``,
 ``pos_embed``, ``layers.i.mamba.*``, ``ln1``, ``norm_layer{i}``), so that a released state dict
-loads after stripping its ``backbone.`` prefix. See SPEC sections 1-6 for what is computed.
+loads after stripping its ``backbone.`` prefix. See docs/model.md for what is computed.
 """
 
 from __future__ import annotations
@@ -102,11 +102,15 @@ class ConvPatchEmbed(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
+        if torch.jit.is_tracing():
+            # The scan orders are built for one grid anyway; constant sizes keep the traced
+            # reshapes static, which ONNX export needs (e.g. for UperNet's adaptive pools).
+            hw = (int(hw[0]), int(hw[1]))
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], hw[0] * hw[1], x.shape[1]), hw
 
 
 class PlainMambaMixer(nn.Module):
-    """The 2D selective-scan mixer (released name ``mamba``), SPEC section 4."""
+    """The 2D selective-scan mixer (released name ``mamba``), docs/model.md#the-mixer."""
 
     def __init__(
         self,
@@ -228,8 +232,8 @@ class PlainMamba(Backbone):
         out_indices: layers whose tokens become output maps ``layer{i}``; negative counts from
             the end. The last layer goes through ``ln1``; the others through ``norm_layer{i}``.
         final_norm: apply ``ln1`` after the last layer (classification and segmentation).
-        scan_impl: selective-scan path (``auto``, ``ref``, ``numba``, ``mamba``, ``triton``);
-            ``None`` reads ``$PLAINMAMBA_SCAN``.
+        scan_impl: selective-scan path (``auto``, ``ref``, ``numba``, ``mamba``, ``triton``,
+            ``chunked``); ``None`` reads ``$PLAINMAMBA_SCAN``.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""UperNet semantic segmentation on the PlainMamba trunk (SPEC section 8), for Detectron2.
+"""UperNet semantic segmentation on the PlainMamba trunk, for Detectron2 (docs/model.md#heads).
 
 The heads keep MMSegmentation 0.x module names (``UPerHead``: ``psp_modules``, ``bottleneck``,
 ``lateral_convs``, ``fpn_convs``, ``fpn_bottleneck``, ``conv_seg``; ``FCNHead``: ``convs``,
@@ -21,6 +21,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from .classifier import PIXEL_MEAN, PIXEL_STD
+from .inputs import check_image_inputs
 
 __all__ = [
     "ConvModule",
@@ -103,7 +104,30 @@ class PPM(nn.ModuleList):
         )
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # type: ignore[override]
+        if torch.jit.is_tracing():
+            # ONNX has no adaptive pooling (the exporter takes only sizes that divide the input,
+            # and 3 or 6 do not divide a 32 x 32 map): the same averages as matrix products.
+            pooled = [_adaptive_avg_pool_matmul(x, branch[0].output_size) for branch in self]
+            return [_resize(branch[1](p), x.shape[-2:]) for branch, p in zip(self, pooled)]
         return [_resize(branch(x), x.shape[-2:]) for branch in self]
+
+
+def _pool_matrix(size: int, out: int, like: torch.Tensor) -> torch.Tensor:
+    """(out, size) averaging weights of adaptive average pooling along one axis."""
+    weights = torch.zeros(out, size, dtype=like.dtype, device=like.device)
+    for i in range(out):
+        start, end = (i * size) // out, -((-(i + 1) * size) // out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def _adaptive_avg_pool_matmul(x: torch.Tensor, output_size: Any) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d`` as two matrix products (for static input sizes)."""
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    rows = _pool_matrix(height, int(out_h or height), x)
+    cols = _pool_matrix(width, int(out_w or width), x)
+    return torch.matmul(torch.matmul(rows, x), cols.t())
 
 
 class _DecodeHead(nn.Module):
@@ -351,6 +375,14 @@ class FCNHead(_DecodeHead):
         return self.cls_seg(out)
 
 
+def _pad_to(x: torch.Tensor, size: Sequence[int], value: float) -> torch.Tensor:
+    """``x`` padded on the bottom and right to ``size`` (H, W) with ``value``."""
+    pad_h, pad_w = int(size[0]) - x.shape[-2], int(size[1]) - x.shape[-1]
+    if pad_h <= 0 and pad_w <= 0:
+        return x
+    return F.pad(x, (0, max(pad_w, 0), 0, max(pad_h, 0)), value=value)
+
+
 def _replace_batch_norms(module: nn.Module, norm: str) -> None:
     """Swap every plain ``nn.BatchNorm2d`` under ``module`` for ``get_norm(norm)``, state kept."""
     for name, child in module.named_children():
@@ -392,6 +424,10 @@ class EncoderDecoderSegmentor(nn.Module):
         backbone_norm: a ``get_norm`` name that replaces every plain ``BatchNorm2d`` of the
             backbone (its stem, L1's first layer), keeping its state; ``None`` keeps them. The
             released recipe synchronises them across GPUs (``convert_syncbn=True``): "SyncBN".
+        train_pad_size: ``(height, width)`` every training batch is padded to at least (images
+            with zeros after normalisation, targets with ``ignore_value``), as the released
+            pipeline's ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)`` pads each crop;
+            ``None`` pads to the largest image of the batch only. Inference is not affected.
     """
 
     def __init__(
@@ -404,8 +440,14 @@ class EncoderDecoderSegmentor(nn.Module):
         pixel_std: Sequence[float] = PIXEL_STD,
         size_divisibility: int = 32,
         backbone_norm: Optional[str] = None,
+        train_pad_size: Optional[Sequence[int]] = None,
     ):
         super().__init__()
+        if train_pad_size is not None:
+            train_pad_size = tuple(int(v) for v in train_pad_size)
+            if len(train_pad_size) != 2 or min(train_pad_size) <= 0:
+                raise ValueError(f"train_pad_size must be (height, width), got {train_pad_size}")
+        self.train_pad_size = train_pad_size
         if backbone_norm:
             _replace_batch_norms(backbone, backbone_norm)
         self.backbone = backbone
@@ -441,24 +483,7 @@ class EncoderDecoderSegmentor(nn.Module):
         return self.pixel_mean.device
 
     def _images(self, batched_inputs: List[Dict[str, Any]]) -> List[torch.Tensor]:
-        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
-            raise ValueError("EncoderDecoderSegmentor expects a non-empty list of dicts")
-        channels = len(self.pixel_mean)
-        images = []
-        for i, record in enumerate(batched_inputs):
-            name = f"input {i}" + (f" ({record['file_name']})" if "file_name" in record else "")
-            image = record.get("image") if isinstance(record, dict) else None
-            if not torch.is_tensor(image):
-                raise ValueError(f"{name}: missing 'image' tensor")
-            if image.dim() != 3 or image.shape[0] != channels:
-                raise ValueError(
-                    f"{name}: expected a ({channels}, H, W) image, got shape {tuple(image.shape)}"
-                )
-            if image.is_floating_point() and image.device.type == "cpu":
-                if not bool(torch.isfinite(image).all()):
-                    raise ValueError(f"{name}: image contains NaN or infinite values")
-            images.append(image)
-        return images
+        return check_image_inputs(batched_inputs, len(self.pixel_mean), type(self).__name__)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Any]]) -> ImageList:
         """Validate, normalise and pad the images of a batch."""
@@ -466,7 +491,11 @@ class EncoderDecoderSegmentor(nn.Module):
             (im.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
             for im in self._images(batched_inputs)
         ]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        batch = ImageList.from_tensors(images, self.size_divisibility)
+        if self.training and self.train_pad_size is not None:
+            size = [max(a, b) for a, b in zip(batch.tensor.shape[-2:], self.train_pad_size)]
+            batch = ImageList(_pad_to(batch.tensor, size, 0.0), batch.image_sizes)
+        return batch
 
     def preprocess_targets(
         self, batched_inputs: List[Dict[str, Any]], images: ImageList
@@ -483,7 +512,8 @@ class EncoderDecoderSegmentor(nn.Module):
                     f"image {tuple(size)}"
                 )
             targets.append(target.to(self.device, torch.long, non_blocking=True))
-        return ImageList.from_tensors(targets, self.size_divisibility, self.ignore_value).tensor
+        padded = ImageList.from_tensors(targets, self.size_divisibility, self.ignore_value).tensor
+        return _pad_to(padded, images.tensor.shape[-2:], self.ignore_value)
 
     def forward(
         self, batched_inputs: List[Dict[str, Any]]

@@ -11,7 +11,7 @@ Every implementation has the signature of :func:`ms_deform_attn_ref`:
 - ``attention_weights``: (batch, Lq, heads, levels, points), already normalised.
 
 It returns (batch, Lq, heads * head_dim) in ``value``'s dtype; sampling and the weighted sum run
-in float32 whatever the input dtype (SPEC 7.4).
+in float32 whatever the input dtype (docs/model.md#deformable-attention).
 
 Paths, chosen by ``impl=`` or ``$PLAINMAMBA_MSDA``:
 

@@ -1,4 +1,4 @@
-"""The four continuous zig-zag scan orders of PlainMamba (SPEC section 5).
+"""The four continuous zig-zag scan orders of PlainMamba (docs/model.md#scan-orders-and-directions).
 
 Orders and direction ids depend only on the token grid (H, W). They are built with tensor
 operations (no Python loop over tokens) and cached per (H, W, device).

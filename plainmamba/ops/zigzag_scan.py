@@ -11,7 +11,8 @@ Every implementation has the signature of :func:`zigzag_scan_ref`:
 - ``hw``: the (H, W) token grid, ``H * W == L``.
 
 It returns (batch, L, E) in ``u``'s dtype: the sum of the four directional scans, each written
-back to the tokens it visited (SPEC 4.6). Internally everything runs in float32.
+back to the tokens it visited (docs/model.md#the-selective-scan). Internally everything runs in
+float32.
 
 Implementations, chosen by ``impl=`` or the ``PLAINMAMBA_SCAN`` environment variable:
 
@@ -20,6 +21,8 @@ Implementations, chosen by ``impl=`` or the ``PLAINMAMBA_SCAN`` environment vari
 - ``mamba``: mamba-ssm's ``selective_scan_fn``, four launches per layer (CUDA);
 - ``triton``: one fused Triton kernel for the four scans, forward and backward (CUDA; on CPU
   only under ``TRITON_INTERPRET=1``, for tests);
+- ``chunked``: standard tensor ops over chunks of steps (any device, autograd); the path that
+  exports to TorchScript and ONNX (docs/deploy.md);
 - ``auto`` (default): ``numba`` on CPU; on CUDA ``triton`` when it imports, else ``mamba`` when
   installed, else ``ref``.
 
@@ -51,7 +54,7 @@ __all__ = [
 ]
 
 ENV_VAR = "PLAINMAMBA_SCAN"
-SCAN_IMPLS = ("auto", "ref", "numba", "mamba", "triton")
+SCAN_IMPLS = ("auto", "ref", "numba", "mamba", "triton", "chunked")
 
 _INSTALL_HINTS = {
     "numba": "install it with `pip install numba` (a dependency of this package; reinstall with "
@@ -85,7 +88,7 @@ def zigzag_scan_ref(
     delta_bias: torch.Tensor,
     hw: Tuple[int, int],
 ) -> torch.Tensor:
-    """Reference: the recurrence of SPEC 4.6 stepped in Python, float32, all four scans at once."""
+    """Reference: the recurrence of docs/model.md stepped in Python, float32, four scans at once."""
     out_dtype = u.dtype
     batch, length, channels = u.shape
     check_grid(hw, length)
@@ -134,8 +137,8 @@ def _triton_interpreted() -> bool:
 
 
 def available_impls() -> Tuple[str, ...]:
-    """Names of the implementations usable on this machine (``ref`` always)."""
-    names = ["ref"]
+    """Names of the implementations usable on this machine (``ref`` and ``chunked`` always)."""
+    names = ["ref", "chunked"]
     if _numba_available():
         names.append("numba")
     if _mamba_available():
@@ -210,6 +213,10 @@ def _get_impl(name: str) -> Callable[..., torch.Tensor]:
         from .zigzag_scan_triton import zigzag_scan_triton
 
         return zigzag_scan_triton
+    if name == "chunked":
+        from .zigzag_scan_chunked import zigzag_scan_chunked
+
+        return zigzag_scan_chunked
     raise ValueError(name)
 
 

@@ -241,9 +241,15 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _sync_threads() -> int:
     # Match PyTorch's intra-op thread count so that the two pools do not oversubscribe.
-    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads()
+    want = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != want:
         numba.set_num_threads(want)
+    if torch.get_num_threads() != torch_threads:
+        # Starting numba's OpenMP pool resets the process's OpenMP thread count, which is also
+        # PyTorch's: torch.set_num_threads would be undone in the middle of the first step, and
+        # a run would not repeat exactly (e.g. after --resume).
+        torch.set_num_threads(torch_threads)
     return want
 
 

@@ -3,11 +3,11 @@
 Layout. A program owns one batch element, a block of ``BE`` channels (32 by default: one warp),
 one chunk of steps and S of the four scan orders (``$PLAINMAMBA_TRITON_SCANS``, per kernel); a
 thread owns one channel and keeps its N states of those orders in float32 registers, as (BE, N)
-tiles. Since delta, B and C are indexed by the step (SPEC 4.6), ``exp(delta_t * A)`` is computed
-once per step and shared by the program's recurrences; each recurrence gathers ``u`` at the token
-its order visits and reads its own row of B, to which a small rows kernel has added the direction
-offset of the move that arrived (a (batch, L, 5, N) table of the four B rows and the C row of
-each step).
+tiles. Since delta, B and C are indexed by the step (docs/model.md#the-selective-scan),
+``exp(delta_t * A)`` is computed once per step and shared by the program's recurrences; each
+recurrence gathers ``u`` at the token its order visits and reads its own row of B, to which a
+small rows kernel has added the direction offset of the move that arrived (a (batch, L, 5, N)
+table of the four B rows and the C row of each step).
 Programs of fewer orders hold fewer registers but repeat that shared work; their results that
 sum over orders are partial sums, added up on the host.
 
@@ -800,7 +800,7 @@ _TABLE_STEPS = 256  # steps per program of the table kernel
 
 
 def order_table(h: int, w: int, device: torch.device) -> Tensor:
-    """(4, h*w) int32: ``token << 3 | code`` per scan and step (SPEC 5), made on the device.
+    """(4, h*w) int32: ``token << 3 | code`` per scan and step, made on the device.
 
     It is made at every call rather than cached: a device tensor cached while torch.compile's
     CUDA graphs record would live in their memory pool, which they refuse to replay.

@@ -1,9 +1,9 @@
-"""The quick-start classifier made deterministic, with a crash at a chosen sample (for resume tests).
+"""The quick-start classifier with a crash at a chosen sample (for resume tests).
 
 ``$PLAINMAMBA_TEST_CRASH_AT=N`` makes the process SIGKILL itself when the data pipeline is
 asked for its N-th training sample (counting from 1 in this process), as a power cut would.
-Augmentation, drop path and erasing are off so that an interrupted-and-resumed run and an
-uninterrupted run compute the same numbers.
+Augmentation (crop, flip, RandAugment), erasing, Mixup/CutMix and drop path are on: a resumed
+run must still compute exactly the numbers of an uninterrupted one.
 """
 
 import os
@@ -37,10 +37,13 @@ class CrashingMapper(ClassificationMapper):
         return super().__call__(record)
 
 
-dataloader.train.mapper = L(CrashingMapper)(is_train=False, image_size=64, crop_pct=1.0)
+dataloader.train.mapper = L(CrashingMapper)(
+    is_train=True, image_size=64, scale=(0.5, 1.0), auto_augment="rand-m9-mstd0.5-inc1"
+)
 dataloader.train.num_workers = 0
 dataloader.train.total_batch_size = 8
 dataloader.train.seed = 7
 dataloader.test.num_workers = 0
-model.batch_augment.erasing_prob = 0.0
+model.backbone.drop_path_rate = 0.1
+model.batch_augment.update(mixup_alpha=0.8, cutmix_alpha=1.0, erasing_prob=0.25)
 train.update(max_iter=12, eval_period=0, checkpointer=dict(period=5, max_to_keep=10), seed=0)

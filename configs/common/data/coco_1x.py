@@ -1,4 +1,4 @@
-"""COCO instances with the released 1x pipeline (SPEC section 8).
+"""COCO instances with the released 1x pipeline (docs/model.md#coco-1x).
 
 Resize to fit (1333, 800) keeping the ratio, horizontal flip 0.5; the model pads to a multiple of
 32 (its backbone's size_divisibility). RGB input. Images without annotations are kept (the
@@ -7,19 +7,16 @@ released Mask R-CNN recipe); the RetinaNet configs drop them, as MMDetection's d
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
-from plainmamba.data import SafeDatasetMapper
+from plainmamba.data import SafeDatasetMapper, build_resumable_train_loader
 
 dataloader = OmegaConf.create()
 
-dataloader.train = L(build_detection_train_loader)(
+# Detectron2's train loader, resumable: see plainmamba.data.build_resumable_train_loader.
+dataloader.train = L(build_resumable_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=False),
     mapper=L(SafeDatasetMapper)(
         is_train=True,
@@ -32,6 +29,7 @@ dataloader.train = L(build_detection_train_loader)(
     ),
     total_batch_size=16,
     num_workers=4,
+    aspect_ratio_grouping=True,  # Detectron2's default, by the records' width and height
 )
 
 dataloader.test = L(build_detection_test_loader)(

@@ -1,4 +1,4 @@
-"""ImageNet-1k data of the released classification recipe (SPEC section 8).
+"""ImageNet-1k data of the released classification recipe (docs/model.md#imagenet-1k).
 
 Training reads the LMDB files of ``tools/create_lmdb_dataset.py`` (the released recipe's format);
 for the image folders instead, override the names:

@@ -4,7 +4,7 @@ from detectron2.config import LazyCall as L
 
 from plainmamba.modeling import PlainMamba
 
-# Published sizes (SPEC section 1). Everything else is shared by the three.
+# Published sizes (docs/model.md#sizes). Everything else is shared by the three.
 L1 = dict(embed_dim=192, depth=24, num_stem_convs=1, dwconv_layers=[0])
 L2 = dict(embed_dim=384, depth=24, num_stem_convs=2, dwconv_layers=[])
 L3 = dict(embed_dim=448, depth=36, num_stem_convs=2, dwconv_layers=[])

@@ -1,4 +1,4 @@
-"""PlainMamba-Adapter backbone (SPEC section 7), built once; leaf configs pick a size.
+"""The PlainMamba-Adapter backbone (docs/model.md#plainmamba-adapter); leaf configs pick a size.
 
 from ..common.models.plainmamba_adapter import ADAPTER_L2
 model.backbone.bottom_up.update(ADAPTER_L2["adapter"])
@@ -44,6 +44,9 @@ adapter = L(PlainMambaAdapter)(
     add_vit_feature=True,
     use_extra_extractor=True,
     norm="SyncBN",
+    # The released training converts the whole detector to SyncBN (convert_syncbn=True): the
+    # trunk's stem and L1's layer-0 BatchNorms take the adapter's norm too.
+    trunk_norm="${.norm}",
     out_features=["res2", "res3", "res4", "res5"],
 )
 adapter.trunk.update(ADAPTER_L1["trunk"])

@@ -12,4 +12,7 @@ model = L(ImageClassifier)(
     pixel_mean=list(PIXEL_MEAN),
     pixel_std=list(PIXEL_STD),
     label_smoothing=0.1,
+    # The released classifier's init_cfg: every Linear (dt_proj too) truncated normal 0.02 with
+    # zero bias, head normal 0.01 (docs/recipes.md#initialisation); "mamba" keeps Mamba's dt_proj.
+    init="released",
 )

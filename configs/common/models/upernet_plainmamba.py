@@ -1,4 +1,4 @@
-"""UperNet on the PlainMamba trunk, as released (SPEC section 8), built once.
+"""UperNet on the PlainMamba trunk, as released (docs/model.md#heads), built once.
 
 The trunk's four stride-16 taps (``norm_layer{i}`` on the first three, ``ln1`` on the last) feed a
 SyncBN ``UPerHead`` (512 channels, pool scales 1, 2, 3, 6, dropout 0.1, 150 classes); an
