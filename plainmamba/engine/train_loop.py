@@ -31,7 +31,7 @@ import inspect
 import logging
 import os
 import re
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -121,16 +121,23 @@ Examples:
     return parser
 
 
-def _target_accepts(target: Any, name: str) -> bool:
+def _target_parameters(target: Any) -> Optional[Mapping[str, inspect.Parameter]]:
+    """The parameters of a LazyCall target (object or dotted name); ``None`` if unknowable."""
     if isinstance(target, str):
         try:
             target = locate(target)
         except Exception:  # noqa: BLE001 - unknown targets fail later with their own error
-            return True
+            return None
     try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return True  # builtins without a signature: cannot tell, do not block the override
+        return inspect.signature(target).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+
+
+def _target_accepts(target: Any, name: str) -> bool:
+    params = _target_parameters(target)
+    if params is None:
+        return True  # cannot tell: do not block the override
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return True
     param = params.get(name)
@@ -178,15 +185,8 @@ def _check_override_key(cfg: DictConfig, key: str, text: str, source: str) -> No
 
 
 def _argument_default(target: Any, name: str) -> Any:
-    if isinstance(target, str):
-        try:
-            target = locate(target)
-        except Exception:  # noqa: BLE001 - unknown targets fail later with their own error
-            return _ABSENT
-    try:
-        param = inspect.signature(target).parameters.get(name)
-    except (TypeError, ValueError):
-        return _ABSENT
+    params = _target_parameters(target)
+    param = params.get(name) if params is not None else None
     if param is None or param.default is inspect.Parameter.empty:
         return _ABSENT
     return param.default
