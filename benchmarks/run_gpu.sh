@@ -54,7 +54,7 @@ fi
 has() { [[ " ${STAGES:-tests kernel eager graphs profile mamba curves deit} " == *" $1 "* ]]; }
 if has tests; then
   stamp "triton tests on the GPU (with mamba-ssm agreement when its build was carried)"
-  run 150 60 python3 -m pytest -q tests/test_zigzag_scan_triton.py tests/test_dwconv.py \
+  run 150 60 python3 -m pytest -q tests/ops/test_zigzag_scan_triton.py tests/ops/test_dwconv.py \
     ${TESTS_K:+-k "$TESTS_K"}
 fi
 if has kernel; then

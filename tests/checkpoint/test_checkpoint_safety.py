@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 from plainmamba.checkpoint import (
     CheckpointError,
     PlainMambaCheckpointer,

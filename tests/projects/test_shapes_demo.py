@@ -6,7 +6,7 @@ import re
 
 from PIL import Image
 
-from conftest import run_script
+from helpers import run_script
 
 SHORT = [
     "train.max_iter=3",

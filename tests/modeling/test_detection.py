@@ -10,7 +10,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.events import EventStorage
 
-from conftest import FIXTURES, REPO, run_script
+from helpers import FIXTURES, REPO, run_script
 from plainmamba.checkpoint import (
     PlainMambaCheckpointer,
     adapter_key,
@@ -268,7 +268,10 @@ SHAPE = r"input 0: expected a \(3, H, W\) image, got shape "
     [
         ([{"image": torch.zeros(1, 64, 64)}], SHAPE + r"\(1, 64, 64\)"),
         ([{"image": torch.zeros(64, 64)}], SHAPE + r"\(64, 64\)"),
-        ([{"image": torch.zeros(4, 64, 64), "file_name": "x.png"}], r"input 0 \(x\.png\): expected"),
+        (
+            [{"image": torch.zeros(4, 64, 64), "file_name": "x.png"}],
+            r"input 0 \(x\.png\): expected",
+        ),
         ([{"image": torch.full((3, 64, 64), float("nan"))}], "NaN or infinite"),
         ([{"file_name": "x.png"}], r"input 0 \(x\.png\): missing 'image' tensor"),
         ([], "expects a non-empty list of dicts with an 'image', got an empty list"),

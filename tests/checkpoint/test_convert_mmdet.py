@@ -23,7 +23,7 @@ from detectron2.modeling.roi_heads import (
 )
 from torch import nn
 
-from conftest import REPO
+from helpers import REPO
 from plainmamba.checkpoint import (
     CheckpointError,
     PlainMambaCheckpointer,

@@ -12,7 +12,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from PIL import Image
 
-from conftest import FIXTURES, REPO
+from helpers import FIXTURES, REPO
 from plainmamba.checkpoint import (
     CheckpointError,
     PlainMambaCheckpointer,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "tools" / "lazyconfig_train_net.py"
 CONFIG = REPO / "tests" / "configs" / "toy_regression.py"

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 from plainmamba import analysis, model_zoo
 from plainmamba.modeling import MSDeformAttn, PlainMamba
 

@@ -12,7 +12,7 @@ import importlib
 import pytest
 import torch
 
-from conftest import in_interpreter_child, run_under_triton_interpreter, set_env
+from helpers import in_interpreter_child, run_under_triton_interpreter, set_env
 from plainmamba.ops import available_impls, zigzag_scan, zigzag_scan_ref
 
 CUDA = torch.cuda.is_available()

@@ -14,7 +14,6 @@ from detectron2.structures import BoxMode
 from PIL import Image
 from pycocotools.coco import COCO
 
-from conftest import REPO  # noqa: F401  (puts the repository on the path like the other tests)
 from plainmamba.data import (
     SHAPE_CLASSES,
     ImageReadError,

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from detectron2.config import LazyConfig, instantiate
 
-from conftest import REPO
+from helpers import REPO
 from plainmamba.data import ResumableTrainingSampler
 from plainmamba.engine import EMAHook
 from plainmamba.evaluation import ClassificationEvaluator

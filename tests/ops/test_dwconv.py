@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import in_interpreter_child, run_under_triton_interpreter, set_env
+from helpers import in_interpreter_child, run_under_triton_interpreter, set_env
 import plainmamba.ops.dwconv as dw
 from plainmamba.ops import DWCONV_ENV_VAR, DWCONV_IMPLS, dwconv2d_silu, dwconv2d_silu_ref
 

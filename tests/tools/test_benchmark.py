@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 
 TOOL = REPO / "tools" / "benchmark.py"
 FIELDS = {

@@ -15,7 +15,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-from conftest import REPO
+from helpers import REPO
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage

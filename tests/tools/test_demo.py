@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 
 DEMO = REPO / "projects" / "demo" / "demo.py"
 DETECTOR = "quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py"  # model-zoo name

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import REPO
+from helpers import REPO
 from detectron2.config import LazyCall as L
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.env import seed_all_rng

@@ -21,7 +21,7 @@ from detectron2.data import transforms as T
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 from PIL import Image
 
-from conftest import REPO
+from helpers import REPO
 from plainmamba.data import ImageReadError, SafeDatasetMapper
 from plainmamba.data.classification import (
     create_lmdb_dataset,

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "projects" / "quickstart" / "quickstart.py"
 

@@ -9,7 +9,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
-from conftest import REPO
+from helpers import REPO
 from plainmamba.checkpoint import (
     CheckpointError,
     PlainMambaCheckpointer,

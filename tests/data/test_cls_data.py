@@ -14,6 +14,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from helpers import REPO
+
 from plainmamba.data import ImageReadError
 from plainmamba.data.classification import (
     create_lmdb_dataset,
@@ -32,7 +34,6 @@ from plainmamba.data.cls_shapes import (
     register_shapes_classification,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "create_lmdb_dataset.py"
 # Created in this order on purpose: sorted order differs.
 CLASSES = ("b_dog", "a_cat", "c_fish")

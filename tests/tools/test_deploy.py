@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 from plainmamba import deploy
 from plainmamba.ops import zigzag_scan_ref
 from plainmamba.ops.zigzag_scan_chunked import zigzag_scan_chunked
@@ -265,7 +265,7 @@ def test_weights_that_do_not_load_are_refused(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# The exportable scan path beyond tests/test_zigzag_scan.py's cases.
+# The exportable scan path beyond tests/ops/test_zigzag_scan.py's cases.
 # --------------------------------------------------------------------------------------------
 
 

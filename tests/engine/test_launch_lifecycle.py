@@ -10,7 +10,7 @@ from typing import Dict, Set
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "tools" / "lazyconfig_train_net.py"
 CONFIG = REPO / "tests" / "configs" / "toy_lifecycle.py"

@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from PIL import Image
 
-from conftest import REPO
+from helpers import REPO
 from plainmamba.data import (
     SEG_SHAPE_CLASSES,
     CV2ResizeTransform,

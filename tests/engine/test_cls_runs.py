@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import FIXTURES, REPO, run_script
+from helpers import FIXTURES, REPO, run_script
 
 TRAIN_NET = "tools/lazyconfig_train_net.py"
 QUICK = "configs/quickstart/plainmamba_tiny_cls_shapes.py"

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from plainmamba import model_zoo
 from plainmamba.checkpoint import CheckpointError
 
@@ -83,7 +83,9 @@ def test_unknown_config_lists_close_matches_first():
 def test_entry_says_where_trained_weights_come_from():
     info = model_zoo.entry("COCO/mask_rcnn_plainmamba_adapter_l2_1x.py")
     assert info.has_trained_weights
-    url = "https://huggingface.co/ChenhongyiYang/PlainMamba/resolve/main/detection/maskrcnn/l2_1x.pth"
+    url = (
+        "https://huggingface.co/ChenhongyiYang/PlainMamba/resolve/main/detection/maskrcnn/l2_1x.pth"
+    )
     assert url in info.weights_source
     tiny = model_zoo.entry("quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py")
     assert not tiny.has_trained_weights and "make demo" in tiny.weights_source

@@ -7,7 +7,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import Backbone
 
-from conftest import REPO
+from helpers import REPO
 from plainmamba.modeling import PlainMamba
 
 PUBLISHED_PARAMS = {1: 7.36e6, 2: 25.76e6, 3: 50.51e6}
