@@ -3,10 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo demo-seg demo-cls test benchmark format clean
+.PHONY: setup demo demo-seg demo-cls test test-fast benchmark format clean
 
 setup:
-	@VENV=$(VENV) tools/setup_env.sh
+	@VENV=$(VENV) dev/setup_env.sh
 
 demo: setup
 	$(PY) projects/quickstart/quickstart.py
@@ -21,6 +21,10 @@ demo-cls: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Everything but the tests marked slow (processes, training runs): a few minutes on 2 cores.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
 benchmark: setup
 	$(PY) tools/benchmark.py
 
@@ -34,4 +38,4 @@ clean:
 #   make wheelhouse WHEELHOUSE_ARGS="--python-version 3.12 --platform manylinux_2_28_x86_64"
 .PHONY: wheelhouse
 wheelhouse: setup
-	$(PY) tools/make_wheelhouse.py $(WHEELHOUSE_ARGS)
+	$(PY) dev/make_wheelhouse.py $(WHEELHOUSE_ARGS)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
+        default=None,
         help="folder holding ADEChallengeData2016/ (default: $DETECTRON2_DATASETS or ./datasets)",
     )
     parser.add_argument(
@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         help="processes to convert with (default: min(8, CPU count))",
     )
     args = parser.parse_args(argv)
+    if args.root is None:
+        # Imported only here: --help and an explicit --root need no torch or Detectron2.
+        from plainmamba.data.paths import datasets_root
+
+        args.root = str(datasets_root())
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
 

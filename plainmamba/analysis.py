@@ -8,9 +8,9 @@ handle. Two operators of this project have no aten equivalent that fvcore unders
 - multi-scale deformable attention (:func:`plainmamba.ops.ms_deform_attn`): ``grid_sample`` per
   level plus a weighted sum that fvcore would drop as element-wise.
 
-:func:`countable_ops` routes both through one ``torch.autograd.Function`` each while a model is
+:func:`countable_ops` routes both through one registered custom op each while a model is
 analysed, whatever path is selected. The tracer records such a call as a single node
-``prim::PythonOp.ZigzagScanOp`` / ``prim::PythonOp.MSDeformAttnOp`` with the input shapes, and
+``plainmamba::zigzag_scan`` / ``plainmamba::ms_deform_attn`` with the input shapes, and
 :data:`FLOP_HANDLES` counts them:
 
 - scan, per batch element, per step (token) and per direction (4), with E channels and N states.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
@@ -63,8 +62,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCAN_OP = "prim::PythonOp.ZigzagScanOp"
-MSDA_OP = "prim::PythonOp.MSDeformAttnOp"
+# The registered custom ops that the dispatchers call under countable_ops().
+SCAN_OP = "plainmamba::zigzag_scan"
+MSDA_OP = "plainmamba::ms_deform_attn"
 DIRECTIONS = 4
 # Bilinear sampling: four neighbours weighted and summed; then one multiply-add for the weight.
 MSDA_FLOPS_PER_SAMPLE = 5
@@ -124,6 +124,7 @@ def _scan_handle(convention: str):
 
 
 def _msda_handle(inputs: List[Any], outputs: List[Any]) -> Counter:
+    # plainmamba::ms_deform_attn(value, sampling_locations, attention_weights, shapes, impl)
     batch, _, heads, dim = _shape(inputs[0])  # value: (B, S, heads, head_dim)
     _, queries, _, levels, points, _ = _shape(inputs[1])  # sampling locations
     return Counter({"ms_deform_attn": msda_flops(batch, queries, heads, levels, points, dim)})
@@ -201,92 +202,18 @@ NEGLIGIBLE_OPS = frozenset(
 
 
 @contextlib.contextmanager
-def _untraced() -> Iterator[None]:
-    # The tracer would record the body as a subgraph of the node; tensors cached across calls
-    # (the scan orders) then belong to a finished subgraph and the next trace lookup fails.
-    state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
-    try:
-        yield
-    finally:
-        torch._C._set_tracing_state(state)
-
-
-class ZigzagScanOp(torch.autograd.Function):
-    """Forward-only wrapper that makes a scan one traced node (analysis only, no backward)."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, direction_Bs, delta_bias, hw, impl):  # type: ignore
-        with _untraced():
-            return _ORIGINALS["zigzag_scan"](
-                u, delta, A, B, C, D, direction_Bs, delta_bias, hw, impl=impl
-            )
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        raise RuntimeError("ZigzagScanOp is for FLOP analysis only; it has no backward")
-
-
-class MSDeformAttnOp(torch.autograd.Function):
-    """Forward-only wrapper that makes a deformable attention one traced node."""
-
-    @staticmethod
-    def forward(ctx, value, locations, weights, spatial_shapes, impl):  # type: ignore[override]
-        with _untraced():
-            return _ORIGINALS["ms_deform_attn"](
-                value, spatial_shapes, locations, weights, impl=impl
-            )
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        raise RuntimeError("MSDeformAttnOp is for FLOP analysis only; it has no backward")
-
-
-_ORIGINALS: Dict[str, Any] = {}
-
-
-def _scan_as_op(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, impl=None):
-    hw = (int(hw[0]), int(hw[1]))
-    return ZigzagScanOp.apply(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, impl)
-
-
-def _msda_as_op(value, spatial_shapes, sampling_locations, attention_weights, impl=None):
-    shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
-    return MSDeformAttnOp.apply(value, sampling_locations, attention_weights, shapes, impl)
-
-
-@contextlib.contextmanager
 def countable_ops() -> Iterator[None]:
     """Within the block, every scan and deformable attention of this package is one traced node.
 
-    The callers (the mixer, the adapter) look these functions up as module globals at call time,
-    so replacing every module-level reference under ``plainmamba`` is enough; all references are
-    restored on exit. The wrapped calls have no backward: use this for analysis only.
+    The dispatchers (:func:`plainmamba.ops.zigzag_scan`, :func:`plainmamba.ops.ms_deform_attn`)
+    then call the registered custom ops ``plainmamba::zigzag_scan`` and
+    ``plainmamba::ms_deform_attn``, whatever path is selected; the handles of this module are
+    keyed on those names. Nothing is patched. The ops have no backward: for analysis only.
     """
-    from .ops import ms_deform_attn as msda_module
-    from .ops import zigzag_scan as scan_module
+    from .ops.switch import counting_ops
 
-    originals = {
-        "zigzag_scan": sys.modules[scan_module.__module__].zigzag_scan,
-        "ms_deform_attn": sys.modules[msda_module.__module__].ms_deform_attn,
-    }
-    replacements = {"zigzag_scan": _scan_as_op, "ms_deform_attn": _msda_as_op}
-    patched: List[Tuple[Any, str, Any]] = []
-    _ORIGINALS.update(originals)
-    try:
-        for mod_name, module in list(sys.modules.items()):
-            if module is None or not (
-                mod_name == "plainmamba" or mod_name.startswith("plainmamba.")
-            ):
-                continue
-            for attr, original in originals.items():
-                if getattr(module, attr, None) is original:
-                    patched.append((module, attr, original))
-                    setattr(module, attr, replacements[attr])
+    with counting_ops():
         yield
-    finally:
-        for module, attr, original in reversed(patched):
-            setattr(module, attr, original)
 
 
 def _count_modules(model: nn.Module) -> Tuple[int, int]:

@@ -55,7 +55,7 @@ PARTS = ("model", "backbone_fpn")
 METHODS = ("tracing", "scripting")
 ONNX_OPSET = 17
 # The optional packages of ONNX export (the ``deploy`` extra of setup.py, pinned in
-# tools/setup_env.sh); torch's TorchScript-based exporter needs no others (no onnxscript).
+# dev/setup_env.sh); torch's TorchScript-based exporter needs no others (no onnxscript).
 DEPLOY_PACKAGES = {"onnx": "onnx==1.23.2", "onnxruntime": "onnxruntime==1.31.1"}
 INSTALL_HINT = (
     "pip install -e .[deploy]  (or: pip install " + " ".join(DEPLOY_PACKAGES.values()) + ")"

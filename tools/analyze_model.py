@@ -25,6 +25,10 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
+
 DEFAULT_SIZES = {
     "classification": (224, 224),
     "detection": (800, 1280),

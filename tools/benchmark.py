@@ -19,6 +19,9 @@ paths (and DeiT-Tiny with ``--compare-deit``) run round-robin so that machine no
 alike. Peak memory comes from one extra iteration: on CUDA ``torch.cuda.max_memory_allocated``;
 on the CPU the process's peak resident set (Linux ``VmHWM``, reset before that iteration), which
 includes the weights and the libraries (the resident set before it is ``base_mem_mib``).
+
+The report (printed and in the JSON's ``ops``) names the Triton kernels' tuning in use and every
+``PLAINMAMBA_*`` override variable that was set (docs/ops.md#configuration).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
 
 import torch
 
@@ -568,6 +575,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             if name != impl:
                 print(f"scan path {impl!r} runs as {name!r} here")
 
+    ops = ops_report(device)
+    print(
+        "# overrides: "
+        + (" ".join(f"{k}={v}" for k, v in ops["env_overrides"].items()) or "none")
+        + " | default paths: "
+        + ", ".join(f"{k} {v}" for k, v in ops["default_paths"].items())
+        + f" | CPU fast paths: {'on' if ops['cpu_fast_paths'] else 'off'}"
+    )
+    if device.type == "cuda":
+        print(f"# triton settings: {ops['triton_settings']}")
+
     probe = MemoryProbe(device)
     meta = dict(
         config=config_name,
@@ -583,6 +601,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         iters=args.iters,
         memory=probe.kind,
         date=datetime.datetime.now().isoformat(timespec="seconds"),
+        ops=ops,
     )
     timer = Timer(device)
     rows: List[Dict[str, Any]] = []
@@ -661,6 +680,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.plot:
         plot(rows, args.plot, f"{config_name} ({args.model}) on {device_name}, amp {args.amp}")
     return 0 if any(r["status"] == "ok" for r in rows) else 1
+
+
+def ops_report(device: torch.device) -> Dict[str, Any]:
+    """The operators' configuration for this run: the Triton settings in use on ``device``, the
+    path and tuning override variables that are set (read once, at import), and the paths that
+    ``auto`` picks here for the depthwise conv and the deformable attention."""
+    from plainmamba.ops import all_switches, env_overrides, triton_settings
+
+    overrides = {
+        var: switch.env_override
+        for var, switch in sorted(all_switches().items())
+        if switch.env_override is not None
+    }
+    overrides.update(env_overrides())
+    from plainmamba.modeling import plainmamba as trunk
+
+    if os.environ.get("PLAINMAMBA_CPU_FAST") is not None:
+        overrides["PLAINMAMBA_CPU_FAST"] = os.environ["PLAINMAMBA_CPU_FAST"]
+    cpu_fast = trunk.CPU_FAST_PATHS
+    paths = {}
+    for var, switch in sorted(all_switches().items()):
+        try:
+            paths[switch.what] = switch.resolve(None, device)
+        except (ValueError, RuntimeError) as err:
+            paths[switch.what] = f"error: {err}"
+    return dict(
+        triton_settings=triton_settings(device).as_dict(),
+        env_overrides=overrides,
+        default_paths=paths,
+        cpu_fast_paths=cpu_fast,
+    )
 
 
 def _with_impl(target: torch.nn.Module, impl: str, step: Callable[[], Any]) -> Callable[[], Any]:

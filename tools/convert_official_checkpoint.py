@@ -23,6 +23,10 @@ import argparse
 import os
 import sys
 
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("auto", "classification", "mask_rcnn", "retinanet", "upernet")
 

@@ -10,7 +10,7 @@ with the class list of ``train`` (or ``--class-file``) for both: the sorted clas
 ``train`` that hold images (empty ones are warned about and left out), and a ``val`` class with
 images that ``train`` lacks stops the run naming both folders. Images are stored with their
 original bytes; labels, class names and a CRC-32 per image (checked whenever a record is read)
-go into the LMDB's metadata (see ``plainmamba/data/classification.py``). A file that is not a
+go into the LMDB's metadata (see ``plainmamba/data/classification/lmdb_format.py``). A file that is not a
 readable image stops the run with
 its path (exit status 1) unless ``--skip-bad`` is given, which leaves such files out and lists
 them at the end. User errors exit with status 1 and a one-line message.
@@ -22,8 +22,11 @@ import argparse
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
+
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -88,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"{output} exists; pass --overwrite to replace it")
     # Warnings of the data code (empty class folders) read as this tool's.
     logging.basicConfig(format="create_lmdb_dataset.py: warning: %(message)s")
-    # Imported late so that --help and path errors are quick. Importing the package pulls in
-    # torch, whose FutureWarnings mean nothing to someone packing images.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
+    # Imported late so that --help and path errors are quick.
     from plainmamba.data.classification import (
         create_lmdb_dataset,
         list_class_folders,

@@ -31,6 +31,10 @@ if __name__ == "__mp_main__":
     # tie it to its parent before the slow imports below, so it dies with the parent.
     tie_to_parent()
 
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
+
 from detectron2.engine import launch  # noqa: E402
 
 from plainmamba.checkpoint import CheckpointError  # noqa: E402

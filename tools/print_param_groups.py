@@ -19,6 +19,10 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
+
 _RELEASED_TARGET = "plainmamba.solver.released_param_groups"
 
 

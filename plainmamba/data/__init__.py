@@ -14,6 +14,7 @@ from .resumable import (
     seed_all_rngs,
     seeded_rngs,
 )
+from .paths import datasets_root
 from .samplers import ResumableTrainingSampler
 from .sem_seg import SemSegLabelReader
 from .mapper import (
@@ -101,6 +102,7 @@ __all__ = [
     "shapes_semseg_dataset",
     "CLS_SHAPE_CLASSES",
     "classification_dataset",
+    "datasets_root",
     "create_lmdb_dataset",
     "default_imagenet_root",
     "default_shapes_cls_root",

@@ -8,11 +8,8 @@ model = model_zoo.get("ImageNet/plainmamba_l1_300e.py", weights="output/l1_d2.pt
 """
 
 from .model_zoo import (
-    RELEASE_URL,
-    ZOO,
     ConfigNotFoundError,
     WeightsNotAvailableError,
-    ZooEntry,
     configs_root,
     entry,
     get,
@@ -20,6 +17,7 @@ from .model_zoo import (
     get_config_file,
     list_configs,
 )
+from .table import RELEASE_URL, ZOO, ZooEntry
 
 __all__ = [
     "RELEASE_URL",

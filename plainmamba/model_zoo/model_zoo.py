@@ -12,18 +12,16 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
+
+from .table import ZOO, ZooEntry
 
 __all__ = [
     "ConfigNotFoundError",
     "WeightsNotAvailableError",
-    "ZooEntry",
-    "ZOO",
-    "RELEASE_URL",
     "configs_root",
     "list_configs",
     "get_config_file",
@@ -32,7 +30,6 @@ __all__ = [
     "entry",
 ]
 
-RELEASE_URL = "https://huggingface.co/ChenhongyiYang/PlainMamba/resolve/main/"
 CONVERTER = "tools/convert_official_checkpoint.py"
 
 
@@ -42,122 +39,6 @@ class ConfigNotFoundError(FileNotFoundError):
 
 class WeightsNotAvailableError(RuntimeError):
     """Trained weights were requested but none are hosted; the message says how to make them."""
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """Published results and the released checkpoint of one config.
-
-    ``published`` holds the paper's figures (``params_m``, ``top1``, ``top5``, ``box_ap``,
-    ``mask_ap``, ``miou``, ``gflops``); ``params_of`` says what the published parameter count
-    covers (``backbone`` for ImageNet, where the paper counts the trunk without the classifier,
-    else ``model``). ``flops_size`` is the (height, width) of the published FLOPs.
-    """
-
-    config: str
-    task: str
-    arch: str
-    published: Dict[str, float] = field(default_factory=dict)
-    checkpoint: Optional[str] = None  # path under RELEASE_URL
-    params_of: str = "model"
-    flops_size: Optional[Tuple[int, int]] = None
-    note: str = ""
-
-    @property
-    def checkpoint_url(self) -> Optional[str]:
-        return RELEASE_URL + self.checkpoint if self.checkpoint else None
-
-    @property
-    def has_trained_weights(self) -> bool:
-        """Whether ``get(config, trained=True)`` can download released weights for it."""
-        return self.checkpoint is not None
-
-    @property
-    def weights_source(self) -> str:
-        """Where trained weights come from, in one line."""
-        if self.checkpoint_url:
-            return f"released checkpoint, downloaded and converted on use: {self.checkpoint_url}"
-        if self.note:
-            return f"no released checkpoint; {self.note}"
-        return "no released checkpoint; train it with tools/lazyconfig_train_net.py"
-
-
-def _zoo() -> Dict[str, ZooEntry]:
-    out: Dict[str, ZooEntry] = {}
-    imagenet = {
-        "L1": dict(params_m=7.3, top1=77.9, top5=94.0, gflops=3.0),
-        "L2": dict(params_m=25.7, top1=81.6, top5=95.6, gflops=8.1),
-        "L3": dict(params_m=50.5, top1=82.3, top5=95.9, gflops=14.4),
-    }
-    mask_rcnn = {
-        "L1": dict(params_m=31, box_ap=44.1, mask_ap=39.1, gflops=388),
-        "L2": dict(params_m=53, box_ap=46.0, mask_ap=40.6, gflops=542),
-        "L3": dict(params_m=79, box_ap=46.8, mask_ap=41.2, gflops=696),
-    }
-    retinanet = {
-        "L1": dict(params_m=19, box_ap=41.7),
-        "L2": dict(params_m=40, box_ap=43.9),
-        "L3": dict(params_m=67, box_ap=44.8),
-    }
-    upernet = {
-        "L1": dict(params_m=35, miou=44.1),
-        "L2": dict(params_m=55, miou=46.8),
-        "L3": dict(params_m=81, miou=49.1),
-    }
-    for arch in ("L1", "L2", "L3"):
-        n = arch[1]
-        out[f"ImageNet/plainmamba_l{n}_300e.py"] = ZooEntry(
-            f"ImageNet/plainmamba_l{n}_300e.py",
-            "classification",
-            arch,
-            imagenet[arch],
-            f"l{n}.pth",
-            params_of="backbone",
-            flops_size=(224, 224),
-        )
-        out[f"COCO/mask_rcnn_plainmamba_adapter_l{n}_1x.py"] = ZooEntry(
-            f"COCO/mask_rcnn_plainmamba_adapter_l{n}_1x.py",
-            "detection",
-            arch,
-            mask_rcnn[arch],
-            f"detection/maskrcnn/l{n}_1x.pth",
-            flops_size=(800, 1280),
-        )
-        out[f"COCO/retinanet_plainmamba_adapter_l{n}_1x.py"] = ZooEntry(
-            f"COCO/retinanet_plainmamba_adapter_l{n}_1x.py",
-            "detection",
-            arch,
-            retinanet[arch],
-            f"detection/retinanet/l{n}_1x.pth",
-            flops_size=(800, 1280),
-        )
-        out[f"ADE20K/upernet_plainmamba_l{n}_160k.py"] = ZooEntry(
-            f"ADE20K/upernet_plainmamba_l{n}_160k.py",
-            "segmentation",
-            arch,
-            upernet[arch],
-            f"segmentation/l{n}_upernet.pth",
-            flops_size=(512, 2048),
-        )
-    out["quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py"] = ZooEntry(
-        "quickstart/mask_rcnn_plainmamba_adapter_tiny_shapes.py",
-        "detection",
-        "tiny",
-        note="trained by `make demo` (projects/quickstart/shapes_detection.py), which writes "
-        "output/shapes_demo/model_final.pth",
-    )
-    out["quickstart/upernet_plainmamba_tiny_shapes.py"] = ZooEntry(
-        "quickstart/upernet_plainmamba_tiny_shapes.py",
-        "segmentation",
-        "tiny",
-        note="trained by `make demo-seg` (projects/quickstart/shapes_segmentation.py), which "
-        "writes output/shapes_seg_demo/model_final.pth",
-    )
-    return out
-
-
-#: Every config with published figures or a released checkpoint, by model-zoo name.
-ZOO: Dict[str, ZooEntry] = _zoo()
 
 
 def configs_root() -> Path:

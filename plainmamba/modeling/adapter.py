@@ -239,11 +239,12 @@ class Injector(nn.Module):
         n_levels: int = 3,
         deform_ratio: float = 1.0,
         init_values: float = 0.0,
+        msda_impl: Optional[str] = None,
     ):
         super().__init__()
         self.query_norm = _layer_norm(dim)
         self.feat_norm = _layer_norm(dim)
-        self.attn = MSDeformAttn(dim, n_levels, num_heads, n_points, deform_ratio)
+        self.attn = MSDeformAttn(dim, n_levels, num_heads, n_points, deform_ratio, impl=msda_impl)
         self.gamma = nn.Parameter(init_values * torch.ones(dim))
 
     def forward(
@@ -265,11 +266,12 @@ class Extractor(nn.Module):
         with_cffn: bool = True,
         cffn_ratio: float = 0.25,
         drop_path: float = 0.0,
+        msda_impl: Optional[str] = None,
     ):
         super().__init__()
         self.query_norm = _layer_norm(dim)
         self.feat_norm = _layer_norm(dim)
-        self.attn = MSDeformAttn(dim, 1, num_heads, n_points, deform_ratio)
+        self.attn = MSDeformAttn(dim, 1, num_heads, n_points, deform_ratio, impl=msda_impl)
         self.with_cffn = with_cffn
         if with_cffn:
             self.ffn = ConvFFN(dim, int(dim * cffn_ratio))
@@ -308,10 +310,17 @@ class InteractionBlock(nn.Module):
         cffn_ratio: float = 0.25,
         deform_ratio: float = 1.0,
         extra_extractor: bool = False,
+        msda_impl: Optional[str] = None,
     ):
         super().__init__()
         self.injector = Injector(
-            dim, num_heads, n_points, 3, deform_ratio=deform_ratio, init_values=init_values
+            dim,
+            num_heads,
+            n_points,
+            3,
+            deform_ratio=deform_ratio,
+            init_values=init_values,
+            msda_impl=msda_impl,
         )
         extractor_args = dict(
             num_heads=num_heads,
@@ -320,6 +329,7 @@ class InteractionBlock(nn.Module):
             with_cffn=with_cffn,
             cffn_ratio=cffn_ratio,
             drop_path=drop_path,
+            msda_impl=msda_impl,
         )
         self.extractor = Extractor(dim, **extractor_args)
         self.extra_extractors = (
@@ -369,6 +379,11 @@ class PlainMambaAdapter(Backbone):
             (its stem, L1's layer-0 dwconv), state kept; ``None`` keeps them. The released
             training converted the whole detector with ``convert_sync_batchnorm``
             (``convert_syncbn=True``), so the COCO configs pass the adapter's ``norm``.
+        msda_impl: deformable-attention path of every interaction (``auto``, ``ref``); ``None``:
+            ``$PLAINMAMBA_MSDA`` if set, else ``auto`` (docs/ops.md).
+        scan_impl, dwconv_impl: when given, replace the trunk's selective-scan and
+            depthwise-conv paths (:meth:`PlainMamba.set_scan_impl`, ``set_dwconv_impl``);
+            ``None`` keeps what the trunk was built with.
     """
 
     _LEVELS = ("res2", "res3", "res4", "res5")
@@ -391,10 +406,17 @@ class PlainMambaAdapter(Backbone):
         drop_path_rate: Optional[float] = None,
         out_features: Sequence[str] = _LEVELS,
         trunk_norm: Optional[str] = None,
+        msda_impl: Optional[str] = None,
+        scan_impl: Optional[str] = None,
+        dwconv_impl: Optional[str] = None,
     ):
         super().__init__()
         if not isinstance(trunk, PlainMamba):
             raise TypeError(f"PlainMambaAdapter: trunk must be a PlainMamba, got {type(trunk)}")
+        if scan_impl is not None:
+            trunk.set_scan_impl(scan_impl)
+        if dwconv_impl is not None:
+            trunk.set_dwconv_impl(dwconv_impl)
         if trunk_norm:
             _replace_batch_norms(trunk, trunk_norm)
         if trunk.final_norm:
@@ -424,6 +446,7 @@ class PlainMambaAdapter(Backbone):
                     cffn_ratio=cffn_ratio,
                     deform_ratio=deform_ratio,
                     extra_extractor=use_extra_extractor and i == last,
+                    msda_impl=msda_impl,
                 )
                 for i in range(len(self.interaction_indexes))
             ]
@@ -443,6 +466,12 @@ class PlainMambaAdapter(Backbone):
         self._out_feature_strides = {f: 2 ** (i + 2) for i, f in enumerate(self._LEVELS)}
         self._out_feature_strides = {f: self._out_feature_strides[f] for f in self._out_features}
         self._init_adapter_weights()
+
+    def set_msda_impl(self, impl: Optional[str]) -> None:
+        """Choose the deformable-attention path of every interaction (see :mod:`plainmamba.ops`)."""
+        for module in self.interactions.modules():
+            if isinstance(module, MSDeformAttn):
+                module.impl = impl
 
     @staticmethod
     def _check_indexes(indexes: Sequence[Sequence[int]], depth: int) -> List[Tuple[int, int]]:

@@ -8,6 +8,7 @@ loads after stripping its ``backbone.`` prefix. See docs/model.md for what is co
 from __future__ import annotations
 
 import math
+import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,8 +19,19 @@ from detectron2.modeling import Backbone
 from timm.layers import DropPath, trunc_normal_
 
 from ..ops import dwconv2d_silu, zigzag_scan
+from ..ops.switch import counting_active
+from ..ops.zigzag_scan import SCAN_SWITCH
 
 __all__ = ["PlainMamba", "PlainMambaLayer", "PlainMambaMixer", "ConvPatchEmbed", "check_images"]
+
+# Default of the ``cpu_fast_paths`` argument (fused gated scan, folded stem BNs in CPU inference).
+# ``PLAINMAMBA_CPU_FAST=0`` overrides it, read once at import, for A/B timings and debugging
+# (outputs agree within 1e-6); tools/benchmark.py reports it.
+CPU_FAST_PATHS = os.environ.get("PLAINMAMBA_CPU_FAST", "1").strip() != "0"
+
+
+def _cpu_fast(requested: Optional[bool]) -> bool:
+    return CPU_FAST_PATHS if requested is None else bool(requested)
 
 
 def check_images(x: torch.Tensor, in_chans: int, min_size: int, what: str = "input") -> None:
@@ -43,13 +55,29 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int, what: str = "inp
         raise ValueError(f"{what}: contains NaN or infinite values")
 
 
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of one conv equal to bn(conv(x)) for a BN in eval mode (up to rounding)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
 class ConvPatchEmbed(nn.Module):
     """Convolutional stem: 7x7/2 conv-BN-ReLU, ``num_convs`` 3x3 conv-BN-ReLU, 8x8/8 projection."""
 
     def __init__(
-        self, in_chans: int = 3, embed_dim: int = 192, num_convs: int = 1, patch_size: int = 16
+        self,
+        in_chans: int = 3,
+        embed_dim: int = 192,
+        num_convs: int = 1,
+        patch_size: int = 16,
+        cpu_fast_paths: Optional[bool] = None,
     ):
         super().__init__()
+        # CPU inference folds each BN into its conv (None: the module default, CPU_FAST_PATHS).
+        self.cpu_fast_paths = _cpu_fast(cpu_fast_paths)
         if patch_size % 2:
             raise ValueError(f"patch_size must be even, got {patch_size}")
         width = 64
@@ -89,12 +117,36 @@ class ConvPatchEmbed(nn.Module):
         w = w.view(o, c, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(o, 4 * c, 4, 4)
         return F.conv2d(x, w.to(x.dtype))
 
+    def _conv_bn_pairs(self) -> List[Tuple[nn.Conv2d, nn.BatchNorm2d]]:
+        convs = list(self.convs) if self.convs is not None else []
+        return [(self.stem[0], self.stem[1])] + [
+            (convs[i], convs[i + 1]) for i in range(0, len(convs), 3)
+        ]
+
+    def _folded_bn(self, x: torch.Tensor) -> bool:
+        """Whether the stem runs with its BNs folded into the convs: CPU, every BN in eval, and
+        not traced or counted (exported graphs and FLOP counts keep the released layers)."""
+        return (
+            self.cpu_fast_paths
+            and x.device.type == "cpu"
+            and not torch.jit.is_tracing()
+            and not counting_active()
+            and not any(m.training for m in self.modules() if isinstance(m, nn.BatchNorm2d))
+        )
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         # Channels-last convs are faster on CPU (oneDNN) and GPU, and end in token order.
         x = x.contiguous(memory_format=torch.channels_last)
-        x = self.stem[2](self.stem[1](self.stem_conv(x, space_to_depth=x.is_cuda)))
-        if self.convs is not None:
-            x = self.convs(x)
+        if self._folded_bn(x):
+            # CPU inference: each conv with its BN folded in, then ReLU in place: no separate
+            # BN pass and one full-resolution map fewer to allocate per conv.
+            for conv, bn in self._conv_bn_pairs():
+                weight, bias = _fold_bn(conv, bn)
+                x = F.conv2d(x, weight, bias, conv.stride, conv.padding).relu_()
+        else:
+            x = self.stem[2](self.stem[1](self.stem_conv(x, space_to_depth=x.is_cuda)))
+            if self.convs is not None:
+                x = self.convs(x)
         # "Corner" padding as released: zeros on the right and bottom up to a multiple of 8.
         pad_h = -x.shape[2] % self.proj_stride
         pad_w = -x.shape[3] % self.proj_stride
@@ -125,6 +177,8 @@ class PlainMambaMixer(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         scan_impl: Optional[str] = None,
+        dwconv_impl: Optional[str] = None,
+        cpu_fast_paths: Optional[bool] = None,
     ):
         super().__init__()
         if conv_size % 2 != 1:
@@ -132,7 +186,11 @@ class PlainMambaMixer(nn.Module):
         self.d_inner = int(expand * dim)
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
+        # Path names for plainmamba.ops (None: the environment override, else auto).
         self.scan_impl = scan_impl
+        self.dwconv_impl = dwconv_impl
+        # CPU inference through the fused gated Numba kernel (None: CPU_FAST_PATHS).
+        self.cpu_fast_paths = _cpu_fast(cpu_fast_paths)
         e = self.d_inner
         self.in_proj = nn.Linear(dim, 2 * e, bias=bias)
         self.conv2d = nn.Conv2d(e, e, conv_size, padding=conv_size // 2, groups=e, bias=conv_bias)
@@ -179,13 +237,36 @@ class PlainMambaMixer(nn.Module):
         batch, length, _ = x.shape
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         # The depthwise conv reads the tokens in place (a Triton kernel on CUDA); (B, L, E).
-        xs = dwconv2d_silu(xs, self.conv2d.weight, self.conv2d.bias, hw)
+        xs = dwconv2d_silu(xs, self.conv2d.weight, self.conv2d.bias, hw, impl=self.dwconv_impl)
         dt, Bs, Cs = self.project(xs, pad_rows=xs.is_cuda)
         A = -torch.exp(self.A_log.float())
+        if self._fused_cpu_inference(x):
+            # One Numba kernel: softplus, the four scans, D * u and the gate y * silu(z).
+            from ..ops.zigzag_scan_numba import zigzag_scan_gated_numba
+
+            y = zigzag_scan_gated_numba(
+                xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw, z
+            )
+            return self.out_proj(y)
         y = zigzag_scan(
             xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw, impl=self.scan_impl
         )
         return self.out_proj(y * F.silu(z))
+
+    def _fused_cpu_inference(self, x: torch.Tensor) -> bool:
+        """Whether this call takes the fused CPU inference kernel: CPU, no autograd, the
+        ``numba`` scan path, d_state 16, and not traced, compiled or counted."""
+        return (
+            self.cpu_fast_paths
+            and x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and self.d_state == 16
+            and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling()
+            and not counting_active()
+            and SCAN_SWITCH.resolved(self.scan_impl, "cpu")[0] == "numba"
+        )
 
 
 class PlainMambaLayer(nn.Module):
@@ -233,7 +314,12 @@ class PlainMamba(Backbone):
             the end. The last layer goes through ``ln1``; the others through ``norm_layer{i}``.
         final_norm: apply ``ln1`` after the last layer (classification and segmentation).
         scan_impl: selective-scan path (``auto``, ``ref``, ``numba``, ``mamba``, ``triton``,
-            ``chunked``); ``None`` reads ``$PLAINMAMBA_SCAN``.
+            ``chunked``); ``None``: ``$PLAINMAMBA_SCAN`` if set, else ``auto`` (docs/ops.md).
+        dwconv_impl: the mixers' depthwise conv + SiLU path (``auto``, ``ref``, ``triton``);
+            ``None``: ``$PLAINMAMBA_DWCONV`` if set, else ``auto``.
+        cpu_fast_paths: in CPU inference, fold the stem's BNs into its convs and run each mixer's
+            scan, ``D * u`` and gate as one Numba kernel (same outputs within 1e-6); ``None``:
+            on unless ``$PLAINMAMBA_CPU_FAST=0``.
     """
 
     def __init__(
@@ -254,6 +340,8 @@ class PlainMamba(Backbone):
         out_indices: Sequence[int] = (-1,),
         final_norm: bool = True,
         scan_impl: Optional[str] = None,
+        dwconv_impl: Optional[str] = None,
+        cpu_fast_paths: Optional[bool] = None,
     ):
         super().__init__()
         self.in_chans = in_chans
@@ -262,7 +350,9 @@ class PlainMamba(Backbone):
         self.depth = depth
         self.final_norm = final_norm
         self.drop_path_rate = drop_path_rate
-        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, num_stem_convs, patch_size)
+        self.patch_embed = ConvPatchEmbed(
+            in_chans, embed_dim, num_stem_convs, patch_size, cpu_fast_paths=cpu_fast_paths
+        )
         side = img_size // patch_size
         self.pos_grid = (side, side)
         self.pos_embed = nn.Parameter(torch.zeros(1, side * side, embed_dim))
@@ -280,6 +370,8 @@ class PlainMamba(Backbone):
                 dt_rank=dt_rank,
                 conv_size=conv_size,
                 scan_impl=scan_impl,
+                dwconv_impl=dwconv_impl,
+                cpu_fast_paths=cpu_fast_paths,
             )
             for i in range(depth)
         )
@@ -332,6 +424,11 @@ class PlainMamba(Backbone):
         """Choose the selective-scan path of every layer (see :mod:`plainmamba.ops`)."""
         for layer in self.layers:
             layer.mamba.scan_impl = impl
+
+    def set_dwconv_impl(self, impl: Optional[str]) -> None:
+        """Choose the depthwise-conv path of every layer's mixer (see :mod:`plainmamba.ops`)."""
+        for layer in self.layers:
+            layer.mamba.dwconv_impl = impl
 
     def position_embedding(self, hw: Tuple[int, int]) -> torch.Tensor:
         """The position embedding for an ``hw`` token grid, bicubically resized when needed."""

@@ -11,7 +11,8 @@ Every implementation has the signature of :func:`dwconv2d_silu_ref`:
 
 It returns ``silu(conv2d(x, weight, bias, padding=k // 2, groups=E))`` as (B, L, E), in x's dtype.
 
-Implementations, chosen by ``impl=`` or the ``PLAINMAMBA_DWCONV`` environment variable:
+Implementations, chosen by ``impl=`` (``PlainMamba(dwconv_impl=...)`` in a config), else the
+``PLAINMAMBA_DWCONV`` environment variable (an override read once, at import), else ``auto``:
 
 - ``ref``: PyTorch's depthwise convolution on a channels-last view, as the mixer did before;
 - ``triton``: fused Triton kernels reading the strided view directly, forward and backward
@@ -19,19 +20,22 @@ Implementations, chosen by ``impl=`` or the ``PLAINMAMBA_DWCONV`` environment va
 - ``auto`` (default): ``triton`` for CUDA tensors when Triton imports (and k <= 9), else
   ``ref``.
 
-The choice is resolved once per (requested name, ``$PLAINMAMBA_DWCONV``, device type) and treated
-as a constant by ``torch.compile``; set the variable before the first forward.
+The choice is resolved once per (requested name, device type) by :data:`DWCONV_SWITCH` and
+treated as a constant by ``torch.compile``. :func:`dwconv2d_silu` checks the arguments once for
+every path.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ._switch import requested_path, triton_importable, triton_interpreted
+from .checks import DWCONV_TRITON_MAX_K as TRITON_MAX_K
+from .checks import check_dwconv_args
+from .switch import PathSwitch, backend_available, triton_interpreted
+from .tuning import TritonSettings
 
 __all__ = [
     "dwconv2d_silu",
@@ -40,41 +44,18 @@ __all__ = [
     "check_dwconv_args",
     "DWCONV_IMPLS",
     "DWCONV_ENV_VAR",
+    "DWCONV_SWITCH",
     "TRITON_MAX_K",
 ]
 
 DWCONV_ENV_VAR = "PLAINMAMBA_DWCONV"
 DWCONV_IMPLS = ("auto", "ref", "triton")
-# Largest kernel size of the Triton path (a tap column's weights live in k named registers);
-# ``auto`` falls back to ``ref`` above it.
-TRITON_MAX_K = 9
 
 _INSTALL_HINT = (
     "install Triton (`pip install triton`; PyTorch's Linux CUDA wheels bring a matching one) and "
     "use a CUDA build of PyTorch"
 )
 _TRITON_MODULE = __name__.rsplit(".", 1)[0] + ".dwconv_triton"
-
-
-def check_dwconv_args(x: torch.Tensor, weight: torch.Tensor, hw: Tuple[int, int]) -> int:
-    """Raise ``ValueError`` unless x is (B, H*W, E) and weight (E, 1, k, k), k odd; return k."""
-    if x.dim() != 3:
-        raise ValueError(
-            f"dwconv2d_silu: x must be (batch, length, channels), got {tuple(x.shape)}"
-        )
-    batch, length, channels = x.shape
-    h, w = int(hw[0]), int(hw[1])
-    if h * w != length:
-        raise ValueError(f"dwconv2d_silu: grid {h}x{w} holds {h * w} tokens, sequence has {length}")
-    k = weight.shape[-1] if weight.dim() == 4 else -1
-    if tuple(weight.shape) != (channels, 1, k, k):
-        raise ValueError(
-            f"dwconv2d_silu: weight must be ({channels}, 1, k, k) for {channels} channels, "
-            f"got {tuple(weight.shape)}"
-        )
-    if k % 2 != 1:
-        raise ValueError(f"dwconv2d_silu: kernel size must be odd ('same' padding), got {k}")
-    return k
 
 
 def dwconv2d_silu_ref(
@@ -96,28 +77,15 @@ def dwconv2d_silu_ref(
     return out.permute(0, 2, 3, 1).reshape(batch, length, channels)
 
 
-_triton_importable = triton_importable
-
-
-def _triton_interpreted() -> bool:
-    return triton_interpreted(_TRITON_MODULE)
-
-
-def resolve_dwconv_impl(impl: Optional[str], device: torch.device) -> str:
-    """Turn ``impl`` (or ``$PLAINMAMBA_DWCONV``, or ``auto``) into a concrete name for ``device``.
-
-    Raises ``ValueError`` for an unknown name or a device the path cannot run on, and
-    ``RuntimeError`` with an install hint when Triton is requested but not installed.
-    """
-    requested = requested_path(impl, DWCONV_ENV_VAR, DWCONV_IMPLS, "depthwise-conv")
+def _pick(requested: str, device: torch.device) -> str:
     if requested == "auto":
-        if device.type == "cuda" and _triton_importable():
+        if device.type == "cuda" and backend_available("triton"):
             return "triton"
         return "ref"
     if requested == "triton":
-        if device.type == "cpu" and _triton_interpreted():
+        if device.type == "cpu" and triton_interpreted(_TRITON_MODULE):
             return requested  # CPU tensors through the Triton interpreter (tests)
-        if not _triton_importable():
+        if not backend_available("triton"):
             raise RuntimeError("depthwise-conv path 'triton' is not available: " + _INSTALL_HINT)
         if device.type != "cuda":
             raise ValueError(
@@ -128,7 +96,21 @@ def resolve_dwconv_impl(impl: Optional[str], device: torch.device) -> str:
     return requested
 
 
-def _get_impl(name: str) -> Callable[..., torch.Tensor]:
+#: The depthwise conv's path switch: ``impl`` argument, else ``$PLAINMAMBA_DWCONV`` (read at
+#: import), else ``auto``.
+DWCONV_SWITCH = PathSwitch("depthwise-conv", DWCONV_IMPLS, DWCONV_ENV_VAR, _pick)
+
+
+def resolve_dwconv_impl(impl: Optional[str], device: torch.device) -> str:
+    """Turn ``impl`` (or ``$PLAINMAMBA_DWCONV``, or ``auto``) into a concrete name for ``device``.
+
+    Raises ``ValueError`` for an unknown name or a device the path cannot run on, and
+    ``RuntimeError`` with an install hint when Triton is requested but not installed.
+    """
+    return DWCONV_SWITCH.resolve(impl, device)
+
+
+def _load(name: str) -> Callable[..., torch.Tensor]:
     if name == "ref":
         return dwconv2d_silu_ref
     if name == "triton":
@@ -138,26 +120,7 @@ def _get_impl(name: str) -> Callable[..., torch.Tensor]:
     raise ValueError(name)
 
 
-_IMPL_CACHE: Dict[str, Callable[..., torch.Tensor]] = {}
-_RESOLVED: Dict[str, Tuple[str, bool]] = {}
-
-
-def _resolve_cached(impl: Optional[str], device_type: str) -> Tuple[str, bool]:
-    # Once per (name, $PLAINMAMBA_DWCONV, device type): no environment or import look-ups per
-    # forward, and a constant for torch.compile, so the dispatch never breaks the graph.
-    # Returns the path and whether it was asked for by name (not ``auto``).
-    key = f"{impl}|{os.environ.get(DWCONV_ENV_VAR)}|{device_type}"
-    found = _RESOLVED.get(key)
-    if found is None:
-        name = resolve_dwconv_impl(impl, torch.device(device_type))
-        requested = requested_path(impl, DWCONV_ENV_VAR, DWCONV_IMPLS, "depthwise-conv")
-        found = _RESOLVED[key] = (name, requested != "auto")
-    return found
-
-
-# What torch.compiler.assume_constant_result does, without importing torch._dynamo (and Triton)
-# with the package: torch.compile calls the function while tracing and keeps its result.
-_resolve_cached._dynamo_marked_constant = True  # type: ignore[attr-defined]
+_IMPLS: Dict[str, Callable[..., torch.Tensor]] = {}
 
 
 def dwconv2d_silu(
@@ -166,18 +129,25 @@ def dwconv2d_silu(
     bias: Optional[torch.Tensor],
     hw: Tuple[int, int],
     impl: Optional[str] = None,
+    triton_settings: Optional[TritonSettings] = None,
 ) -> torch.Tensor:
-    """``silu(depthwise_conv2d(x) + bias)`` on (B, L, E) tokens; see the module docstring."""
+    """``silu(depthwise_conv2d(x) + bias)`` on (B, L, E) tokens; see the module docstring.
+
+    ``triton_settings`` tunes the Triton path (default:
+    :func:`plainmamba.ops.tuning.triton_settings`).
+    """
     k = check_dwconv_args(x, weight, hw)
-    name, explicit = _resolve_cached(impl, x.device.type)
+    name, requested = DWCONV_SWITCH.resolved(impl, x.device.type)
     if name == "triton" and k > TRITON_MAX_K:
-        if explicit:
+        if requested != "auto":
             raise ValueError(
                 f"depthwise-conv path 'triton' takes kernel sizes up to {TRITON_MAX_K}, got {k}; "
                 "use impl='auto' or 'ref'"
             )
         name = "ref"
-    fn = _IMPL_CACHE.get(name)
+    fn = _IMPLS.get(name)
     if fn is None:
-        fn = _IMPL_CACHE[name] = _get_impl(name)
+        fn = _IMPLS[name] = _load(name)
+    if name == "triton":
+        return fn(x, weight, bias, hw, settings=triton_settings)
     return fn(x, weight, bias, hw)

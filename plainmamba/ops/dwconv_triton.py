@@ -41,29 +41,35 @@ imported to run the kernels on CPU tensors (tests).
 """
 
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .dwconv import TRITON_MAX_K as MAX_K  # a tap column's weights are k named registers
+from .checks import DWCONV_TRITON_MAX_K as MAX_K  # a tap column's weights are k named registers
+from .tuning import DWCONV_MAX_ROWS, TritonSettings, triton_settings
 
-__all__ = ["dwconv2d_silu_triton", "INTERPRETED", "BLOCK_ENV", "CHUNK_ENV", "MAX_K", "conv_tiling"]
+__all__ = [
+    "dwconv2d_silu_triton",
+    "INTERPRETED",
+    "MAX_K",
+    "conv_tiling",
+    "wgrad_images",
+    "dwconv_tuning",
+    "multiprocessors",
+]
 
 # Decided by Triton when the kernels below are decorated, so read it the same way.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-BLOCK_ENV = "PLAINMAMBA_DWCONV_BLOCK"  # "rows,columns,channels": force the kernels' tile
-CHUNK_ENV = "PLAINMAMBA_DWCONV_CHUNK"  # force the images per weight-gradient program
 
 
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
 
-MAX_R = 8  # output rows per program: each is a named accumulator
+MAX_R = DWCONV_MAX_ROWS  # output rows per program: each is a named accumulator
 
 # Up to 9 tap rows and 8 output rows are kept as named tiles (w0..w8, a0..a7, ...) and picked by
 # compile-time indices through the ladders of ``if i == n`` below, written inline: Triton has no
@@ -308,12 +314,8 @@ def _wgrad_kernel(
 _DSILU_BLOCK = 1024
 
 
-def _pow2(v: int) -> bool:
-    return v > 0 and v & (v - 1) == 0
-
-
 def conv_tiling(
-    h: int, w: int, channels: int, wgrad: bool = False
+    h: int, w: int, channels: int, wgrad: bool = False, tile: Optional[Sequence[int]] = None
 ) -> Tuple[int, int, int, int, int, int]:
     """Tile of the kernels for an (h, w) grid: R rows (as even as possible, at most 8), BW
     columns (a power of two, at most 32; at most 8 for the weight gradient) and BC channels; with
@@ -321,20 +323,12 @@ def conv_tiling(
 
     The weight gradient takes narrower tiles: its per-tap sums over a tile's columns cross
     warps. At B = 128, 14 x 14, E = 384, k = 7 it ran in 95 us with 8 columns against 115 with 16
-    on an H100, while the forward ran in 57 us with 16 and 95 with 8 (H200).
-    ``$PLAINMAMBA_DWCONV_BLOCK`` as ``"rows,columns,channels"`` forces the tile of all kernels
-    (columns and channels powers of two, rows at most 8).
+    on an H100, while the forward ran in 57 us with 16 and 95 with 8 (H200). ``tile`` (rows,
+    columns, channels; ``TritonSettings.dwconv_tile``, checked there) forces the tile of all
+    kernels.
     """
-    raw = os.environ.get(BLOCK_ENV)
-    if raw:
-        parts = [s.strip() for s in raw.split(",")]
-        if (len(parts) != 3 or not all(s.isdigit() for s in parts) or not 1 <= int(parts[0]) <= MAX_R
-                or not (_pow2(int(parts[1])) and _pow2(int(parts[2])))):  # fmt: skip
-            raise ValueError(
-                f"${BLOCK_ENV} must be 'rows,columns,channels' (rows 1-{MAX_R}, the others powers "
-                f"of two), got {raw!r}"
-            )
-        rows, bw, bc = (int(s) for s in parts)
+    if tile:
+        rows, bw, bc = (int(v) for v in tile)
     else:
         rows = -(-h // -(-h // MAX_R))
         bw = min(triton.next_power_of_2(w), 8 if wgrad else 32)
@@ -347,7 +341,8 @@ def conv_tiling(
 _SMS: dict = {}
 
 
-def _num_sms(device: torch.device) -> int:
+def multiprocessors(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device (4 for anything else, e.g. the CPU interpreter)."""
     key = str(device)
     sms = _SMS.get(key)
     if sms is None:
@@ -358,15 +353,32 @@ def _num_sms(device: torch.device) -> int:
     return sms
 
 
-def _wgrad_images(batch: int, tiles: int, device: torch.device) -> int:
-    # Images per program of the weight gradient: each program ends with k^2 sums across threads
-    # and writes a (k * k, E) partial sum, so it takes as many images as still leave about three
-    # programs a multiprocessor (on an H100, 128 images at 14 x 14: 8 a program, 384 programs,
-    # 95 us; 16 a program 135 us, 4 a program about 105 us).
-    forced = os.environ.get(CHUNK_ENV)
+def wgrad_images(batch: int, tiles: int, multiprocessors: int, forced: int = 0) -> int:
+    """Images per program of the weight gradient (``forced`` when not 0).
+
+    Each program ends with k^2 sums across threads and writes a (k * k, E) partial sum, so it
+    takes as many images as still leave about three programs a multiprocessor (on an H100, 128
+    images at 14 x 14: 8 a program, 384 programs, 95 us; 16 a program 135 us, 4 a program about
+    105 us).
+    """
     if forced:
         return max(1, int(forced))
-    return max(1, round(batch * tiles / (3 * _num_sms(device))))
+    return max(1, round(batch * tiles / (3 * multiprocessors)))
+
+
+def dwconv_tuning(settings: TritonSettings) -> List[int]:
+    """The depthwise conv's part of ``settings`` as its custom ops' ``tuning`` argument:
+    ``[rows, columns, channels, images per weight-gradient program]``, 0 = automatic."""
+    tile = settings.dwconv_tile or (0, 0, 0)
+    return [*tile, int(settings.dwconv_wgrad_images or 0)]
+
+
+def _tuning_for(device: str) -> Tuple[int, ...]:
+    # The settings in force for the device, as plain integers; a constant to torch.compile.
+    return tuple(dwconv_tuning(triton_settings(device)))
+
+
+_tuning_for._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _unit_last(t: Tensor) -> Tensor:
@@ -374,8 +386,9 @@ def _unit_last(t: Tensor) -> Tensor:
 
 
 def _fwd_impl(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor], h: int, w: int, k: int, save_pre: bool
-) -> Tuple[Tensor, Tensor]:
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], h: int, w: int, k: int, save_pre: bool,
+    tuning: Sequence[int],
+) -> Tuple[Tensor, Tensor]:  # fmt: skip
     x = _unit_last(x)
     batch, length, channels = x.shape
     y = torch.empty((batch, length, channels), device=x.device, dtype=x.dtype)
@@ -383,7 +396,7 @@ def _fwd_impl(
                       dtype=x.dtype)  # fmt: skip
     if y.numel() == 0:
         return y, pre
-    rows, bw, bc, n_rb, n_cb, warps = conv_tiling(h, w, channels)
+    rows, bw, bc, n_rb, n_cb, warps = conv_tiling(h, w, channels, tile=tuning[0] and tuning[:3])
     grid = (batch * n_rb * n_cb, triton.cdiv(channels, bc))
     # An unused pointer argument still has to be a live tensor: pass y.
     _conv_kernel[grid](
@@ -396,8 +409,9 @@ def _fwd_impl(
 
 
 def _bwd_impl(
-    dy: Tensor, x: Tensor, weight: Tensor, pre: Tensor, h: int, w: int, k: int, need_dx: bool
-) -> Tuple[Tensor, Tensor, Tensor]:
+    dy: Tensor, x: Tensor, weight: Tensor, pre: Tensor, h: int, w: int, k: int, need_dx: bool,
+    tuning: Sequence[int],
+) -> Tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     if pre.numel() != dy.numel():
         raise RuntimeError(
             "dwconv2d_silu: the forward ran without saving its pre-activation (no input needed "
@@ -414,9 +428,10 @@ def _bwd_impl(
     _dsilu_kernel[(triton.cdiv(total, _DSILU_BLOCK),)](
         dy, pre, g, total, BLOCK=_DSILU_BLOCK, num_warps=4
     )
-    rows, bw, bc, n_rb, n_cb, warps = conv_tiling(h, w, channels, wgrad=True)
+    tile = tuning[0] and tuning[:3]
+    rows, bw, bc, n_rb, n_cb, warps = conv_tiling(h, w, channels, wgrad=True, tile=tile)
     n_c = triton.cdiv(channels, bc)
-    per = _wgrad_images(batch, n_rb * n_cb * n_c, dev)
+    per = wgrad_images(batch, n_rb * n_cb * n_c, multiprocessors(dev), tuning[3])
     n_parts = triton.cdiv(batch, per) * n_rb * n_cb
     dw_parts = torch.empty((n_parts, k * k, channels), device=dev, dtype=f32)
     db_parts = torch.empty((n_parts, channels), device=dev, dtype=f32)
@@ -425,7 +440,7 @@ def _bwd_impl(
         per, K=k, R=rows, BW=bw, BC=bc, num_warps=warps,
     )  # fmt: skip
     if need_dx:
-        rows, bw, bc, n_rb, n_cb, warps = conv_tiling(h, w, channels)
+        rows, bw, bc, n_rb, n_cb, warps = conv_tiling(h, w, channels, tile=tile)
         _conv_kernel[(batch * n_rb * n_cb, triton.cdiv(channels, bc))](
             g, weight, weight, dx, dx, g.stride(0), g.stride(1), h, w, channels, n_rb, n_cb,
             K=k, R=rows, BW=bw, BC=bc, FLIP=True, HAS_BIAS=False, ACT=False, SAVE_PRE=False,
@@ -436,18 +451,18 @@ def _bwd_impl(
 
 # Registered once per process and opaque to torch.compile (fake impls give the shapes), so a
 # model using it compiles without graph breaks; nothing is cached on the device between calls,
-# so CUDA graphs replay it.
+# so CUDA graphs replay it. ``tuning`` is dwconv_tuning()'s list.
 if not hasattr(torch.ops.plainmamba, "dwconv2d_silu_fwd"):
 
     @torch.library.custom_op("plainmamba::dwconv2d_silu_fwd", mutates_args=())
     def _fwd_op(
         x: Tensor, weight: Tensor, bias: Optional[Tensor], h: int, w: int, k: int,
-        save_pre: bool,
+        save_pre: bool, tuning: List[int],
     ) -> Tuple[Tensor, Tensor]:  # fmt: skip
-        return _fwd_impl(x, weight, bias, h, w, k, save_pre)
+        return _fwd_impl(x, weight, bias, h, w, k, save_pre, tuning)
 
     @_fwd_op.register_fake
-    def _fwd_fake(x, weight, bias, h, w, k, save_pre):
+    def _fwd_fake(x, weight, bias, h, w, k, save_pre, tuning):
         batch, length, channels = x.shape
         y = x.new_empty((batch, length, channels))
         return y, x.new_empty((batch, length, channels) if save_pre else (0,))
@@ -455,43 +470,56 @@ if not hasattr(torch.ops.plainmamba, "dwconv2d_silu_fwd"):
     @torch.library.custom_op("plainmamba::dwconv2d_silu_bwd", mutates_args=())
     def _bwd_op(
         dy: Tensor, x: Tensor, weight: Tensor, pre: Tensor, h: int, w: int, k: int,
-        need_dx: bool,
+        need_dx: bool, tuning: List[int],
     ) -> Tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        return _bwd_impl(dy, x, weight, pre, h, w, k, need_dx)
+        return _bwd_impl(dy, x, weight, pre, h, w, k, need_dx, tuning)
 
     @_bwd_op.register_fake
-    def _bwd_fake(dy, x, weight, pre, h, w, k, need_dx):
+    def _bwd_fake(dy, x, weight, pre, h, w, k, need_dx, tuning):
         batch, length, channels = x.shape
         dx = x.new_empty((batch, length, channels) if need_dx else (0,))
         return dx, weight.new_empty(weight.shape), weight.new_empty((channels,))
 
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, h, w, k, _save_pre = inputs
+        x, weight, bias, h, w, k, _save_pre, tuning = inputs
         ctx.save_for_backward(x, weight, output[1])
         ctx.args = (h, w, k)
+        ctx.tuning = tuning
         ctx.has_bias = bias is not None
 
     def _backward(ctx, dy, _dpre):
         x, weight, pre = ctx.saved_tensors
         need_dx = bool(ctx.needs_input_grad[0])
-        dx, dw, db = torch.ops.plainmamba.dwconv2d_silu_bwd(dy, x, weight, pre, *ctx.args, need_dx)
+        dx, dw, db = torch.ops.plainmamba.dwconv2d_silu_bwd(
+            dy, x, weight, pre, *ctx.args, need_dx, ctx.tuning
+        )
         return (dx if need_dx else None, dw, db if ctx.has_bias else None,
-                None, None, None, None)  # fmt: skip
+                None, None, None, None, None)  # fmt: skip
 
     _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def dwconv2d_silu_triton(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor], hw: Tuple[int, int]
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    hw: Tuple[int, int],
+    settings: Optional[TritonSettings] = None,
 ) -> Tensor:
     """Triton path of :func:`plainmamba.ops.dwconv.dwconv2d_silu` (arguments checked there).
 
     ``x``: (B, L, E) with channel stride 1; ``weight``: (E, 1, k, k); ``bias``: (E,) or None.
     Returns (B, L, E) contiguous, in x's dtype; weight and bias gradients in their dtypes.
+    ``settings``: the tuning; default the settings in force for x's device
+    (:func:`~plainmamba.ops.tuning.triton_settings`).
     """
     channels, k = weight.shape[0], weight.shape[-1]
     if k > MAX_K:
         raise ValueError(f"dwconv2d_silu_triton: kernel sizes up to {MAX_K}, got {k}")
+    if settings is None:
+        tuning = list(_tuning_for(str(x.device)))
+    else:
+        tuning = dwconv_tuning(settings)
     f32 = torch.float32
     # (k * k, E) float32: a tap's weights are one contiguous row of channels. These reshapes
     # sit outside the op, so autograd takes the gradient back to weight's shape and dtype.
@@ -501,6 +529,6 @@ def dwconv2d_silu_triton(
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
     y, _ = torch.ops.plainmamba.dwconv2d_silu_fwd(
-        x, w_t, b, int(hw[0]), int(hw[1]), int(k), bool(save_pre)
+        x, w_t, b, int(hw[0]), int(hw[1]), int(k), bool(save_pre), tuning
     )
     return y

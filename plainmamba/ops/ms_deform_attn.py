@@ -13,58 +13,39 @@ Every implementation has the signature of :func:`ms_deform_attn_ref`:
 It returns (batch, Lq, heads * head_dim) in ``value``'s dtype; sampling and the weighted sum run
 in float32 whatever the input dtype (docs/model.md#deformable-attention).
 
-Paths, chosen by ``impl=`` or ``$PLAINMAMBA_MSDA``:
+Paths, chosen by ``impl=`` (``PlainMambaAdapter(msda_impl=...)`` in a config), else
+``$PLAINMAMBA_MSDA`` (an override read once, at import), else ``auto``:
 
 - ``ref``: bilinear sampling with ``grid_sample`` per level; any device, autograd;
 - ``auto`` (default): ``ref``. It is the only path today: the adapter spends little of its time
-  here, so a fused kernel is left to the GPU work.
+  here, so a fused kernel is left to the GPU work. The switch is the same as the other
+  operators' (:class:`plainmamba.ops.switch.PathSwitch`), so a new path is one more name.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ._switch import requested_path
+from .checks import check_msda_inputs
+from .switch import PathSwitch, counting_active, untraced
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_ref", "MSDA_IMPLS", "MSDA_ENV_VAR", "check_inputs"]
+__all__ = [
+    "ms_deform_attn",
+    "ms_deform_attn_ref",
+    "resolve_msda_impl",
+    "MSDA_IMPLS",
+    "MSDA_ENV_VAR",
+    "MSDA_SWITCH",
+    "check_inputs",
+]
 
 MSDA_ENV_VAR = "PLAINMAMBA_MSDA"
 MSDA_IMPLS = ("auto", "ref")
 
-
-def check_inputs(
-    value: torch.Tensor,
-    spatial_shapes: Sequence[Tuple[int, int]],
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> None:
-    """Raise ``ValueError`` naming the first inconsistent shape."""
-    if value.dim() != 4:
-        raise ValueError(
-            f"ms_deform_attn: value must be (B, S, heads, dim), got {tuple(value.shape)}"
-        )
-    batch, length, heads, _ = value.shape
-    total = sum(int(h) * int(w) for h, w in spatial_shapes)
-    if total != length:
-        raise ValueError(
-            f"ms_deform_attn: levels {list(map(tuple, spatial_shapes))} hold {total} tokens, "
-            f"value has {length}"
-        )
-    levels = len(spatial_shapes)
-    loc = tuple(sampling_locations.shape)
-    if len(loc) != 6 or loc[0] != batch or loc[2] != heads or loc[3] != levels or loc[5] != 2:
-        raise ValueError(
-            f"ms_deform_attn: sampling_locations must be (B={batch}, Lq, heads={heads}, "
-            f"levels={levels}, points, 2), got {loc}"
-        )
-    if tuple(attention_weights.shape) != loc[:5]:
-        raise ValueError(
-            f"ms_deform_attn: attention_weights must be {loc[:5]}, got "
-            f"{tuple(attention_weights.shape)}"
-        )
+check_inputs = check_msda_inputs  # the name this module has always exported
 
 
 def ms_deform_attn_ref(
@@ -102,13 +83,19 @@ def ms_deform_attn_ref(
     return out.to(out_dtype).contiguous()
 
 
-_IMPLS: Dict[str, Callable[..., torch.Tensor]] = {"ref": ms_deform_attn_ref}
-
-
-def resolve_msda_impl(impl: Optional[str]) -> str:
-    """Turn ``impl`` (or ``$PLAINMAMBA_MSDA``, or ``auto``) into a concrete path name."""
-    requested = requested_path(impl, MSDA_ENV_VAR, MSDA_IMPLS, "deformable-attention")
+def _pick(requested: str, device: torch.device) -> str:
     return "ref" if requested == "auto" else requested
+
+
+#: The deformable attention's path switch: ``impl`` argument, else ``$PLAINMAMBA_MSDA`` (read at
+#: import), else ``auto``.
+MSDA_SWITCH = PathSwitch("deformable-attention", MSDA_IMPLS, MSDA_ENV_VAR, _pick)
+_IMPLS = {"ref": ms_deform_attn_ref}
+
+
+def resolve_msda_impl(impl: Optional[str], device: torch.device = torch.device("cpu")) -> str:
+    """Turn ``impl`` (or ``$PLAINMAMBA_MSDA``, or ``auto``) into a concrete path name."""
+    return MSDA_SWITCH.resolve(impl, device)
 
 
 def ms_deform_attn(
@@ -119,7 +106,35 @@ def ms_deform_attn(
     impl: Optional[str] = None,
 ) -> torch.Tensor:
     """Multi-scale deformable attention through the chosen path (see the module docstring)."""
-    check_inputs(value, spatial_shapes, sampling_locations, attention_weights)
-    return _IMPLS[resolve_msda_impl(impl)](
-        value, spatial_shapes, sampling_locations, attention_weights
-    )
+    check_msda_inputs(value, spatial_shapes, sampling_locations, attention_weights)
+    if counting_active():
+        flat = [int(v) for hw in spatial_shapes for v in hw]
+        return torch.ops.plainmamba.ms_deform_attn(
+            value, sampling_locations, attention_weights, flat, impl
+        )
+    name = MSDA_SWITCH.resolved(impl, value.device.type)[0]
+    return _IMPLS[name](value, spatial_shapes, sampling_locations, attention_weights)
+
+
+# One node per call in a torch.jit trace while counting_ops() is active (FLOP analysis): forward
+# only, the body runs outside the trace. Inputs: value, locations, weights, then the levels'
+# (H, W) flattened.
+if not hasattr(torch.ops.plainmamba, "ms_deform_attn"):  # once per process
+
+    @torch.library.custom_op("plainmamba::ms_deform_attn", mutates_args=())
+    def _counted_msda(
+        value: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+        spatial_shapes: List[int],
+        impl: Optional[str],
+    ) -> torch.Tensor:
+        shapes = list(zip(spatial_shapes[0::2], spatial_shapes[1::2]))
+        name = MSDA_SWITCH.resolved(impl, value.device.type)[0]
+        with untraced():
+            return _IMPLS[name](value, shapes, sampling_locations, attention_weights).clone()
+
+    @_counted_msda.register_fake
+    def _(value, sampling_locations, attention_weights, spatial_shapes, impl):
+        batch, _, heads, dim = value.shape
+        return value.new_empty((batch, sampling_locations.shape[1], heads * dim))

@@ -14,7 +14,8 @@ It returns (batch, L, E) in ``u``'s dtype: the sum of the four directional scans
 back to the tokens it visited (docs/model.md#the-selective-scan). Internally everything runs in
 float32.
 
-Implementations, chosen by ``impl=`` or the ``PLAINMAMBA_SCAN`` environment variable:
+Implementations, chosen by ``impl=`` (``PlainMamba(scan_impl=...)`` in a config), else the
+``PLAINMAMBA_SCAN`` environment variable (an override read once, at import), else ``auto``:
 
 - ``ref``: plain PyTorch recurrence, the oracle (slow, any device, autograd);
 - ``numba``: compiled CPU kernels, forward and backward (CPU default);
@@ -26,22 +27,23 @@ Implementations, chosen by ``impl=`` or the ``PLAINMAMBA_SCAN`` environment vari
 - ``auto`` (default): ``numba`` on CPU; on CUDA ``triton`` when it imports, else ``mamba`` when
   installed, else ``ref``.
 
-The choice is resolved once per (requested name, device type) and treated as a constant by
-``torch.compile``; change ``$PLAINMAMBA_SCAN`` before the first forward.
+The choice is resolved once per (requested name, device type) by :data:`SCAN_SWITCH` and treated
+as a constant by ``torch.compile``. :func:`zigzag_scan` checks the grid once for every path;
+the backends do not check it again (the reference does, being called directly as the oracle).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import warnings
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ._switch import requested_path, triton_importable, triton_interpreted
+from .checks import check_grid
 from .scan_orders import scan_orders
+from .switch import PathSwitch, backend_available, counting_active, triton_interpreted, untraced
+from .tuning import TritonSettings
 
 __all__ = [
     "zigzag_scan",
@@ -49,6 +51,7 @@ __all__ = [
     "available_impls",
     "resolve_impl",
     "SCAN_IMPLS",
+    "SCAN_SWITCH",
     "ENV_VAR",
     "check_grid",
 ]
@@ -67,14 +70,6 @@ _INSTALL_HINTS = {
 
 _DEVICE_OF = {"numba": "cpu", "mamba": "cuda", "triton": "cuda"}
 _TRITON_MODULE = __name__.rsplit(".", 1)[0] + ".zigzag_scan_triton"
-
-
-def check_grid(hw: Tuple[int, int], length: int) -> None:
-    """Raise if the (H, W) grid does not hold ``length`` tokens."""
-    if int(hw[0]) * int(hw[1]) != length:
-        raise ValueError(
-            f"zigzag_scan: grid {hw[0]}x{hw[1]} holds {hw[0] * hw[1]} tokens, sequence has {length}"
-        )
 
 
 def zigzag_scan_ref(
@@ -113,27 +108,15 @@ def zigzag_scan_ref(
 
 
 def _numba_available() -> bool:
-    return importlib.util.find_spec("numba") is not None
+    return backend_available("numba")
 
 
 def _mamba_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        return importlib.util.find_spec("mamba_ssm") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-_triton_importable = triton_importable
+    return torch.cuda.is_available() and backend_available("mamba_ssm")
 
 
 def _triton_available() -> bool:
-    return torch.cuda.is_available() and _triton_importable()
-
-
-def _triton_interpreted() -> bool:
-    return triton_interpreted(_TRITON_MODULE)
+    return torch.cuda.is_available() and backend_available("triton")
 
 
 def available_impls() -> Tuple[str, ...]:
@@ -151,14 +134,8 @@ def available_impls() -> Tuple[str, ...]:
 _warned_fallback = False
 
 
-def resolve_impl(impl: Optional[str], device: torch.device) -> str:
-    """Turn ``impl`` (or ``$PLAINMAMBA_SCAN``, or ``auto``) into a concrete name for ``device``.
-
-    Raises ``ValueError`` for an unknown name or a device the path cannot run on, and
-    ``RuntimeError`` with an install hint when a requested path is not installed.
-    """
+def _pick(requested: str, device: torch.device) -> str:
     global _warned_fallback
-    requested = requested_path(impl, ENV_VAR, SCAN_IMPLS, "selective-scan")
     if requested == "auto":
         if device.type == "cuda" and _triton_available():
             return "triton"
@@ -183,9 +160,9 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
             + _INSTALL_HINTS["mamba"]
         )
     if requested == "triton":
-        if device.type == "cpu" and _triton_interpreted():
+        if device.type == "cpu" and triton_interpreted(_TRITON_MODULE):
             return requested  # CPU tensors through the Triton interpreter (tests)
-        if not _triton_importable():
+        if not backend_available("triton"):
             raise RuntimeError(
                 "selective-scan path 'triton' is not available: " + _INSTALL_HINTS["triton"]
             )
@@ -198,7 +175,21 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
     return requested
 
 
-def _get_impl(name: str) -> Callable[..., torch.Tensor]:
+#: The scan's path switch: ``impl`` argument, else ``$PLAINMAMBA_SCAN`` (read at import), else
+#: ``auto``.
+SCAN_SWITCH = PathSwitch("selective-scan", SCAN_IMPLS, ENV_VAR, _pick)
+
+
+def resolve_impl(impl: Optional[str], device: torch.device) -> str:
+    """Turn ``impl`` (or ``$PLAINMAMBA_SCAN``, or ``auto``) into a concrete name for ``device``.
+
+    Raises ``ValueError`` for an unknown name or a device the path cannot run on, and
+    ``RuntimeError`` with an install hint when a requested path is not installed.
+    """
+    return SCAN_SWITCH.resolve(impl, device)
+
+
+def _load(name: str) -> Callable[..., torch.Tensor]:
     if name == "ref":
         return zigzag_scan_ref
     if name == "numba":
@@ -220,23 +211,29 @@ def _get_impl(name: str) -> Callable[..., torch.Tensor]:
     raise ValueError(name)
 
 
-_IMPL_CACHE: Dict[str, Callable[..., torch.Tensor]] = {}
+_IMPLS: Dict[str, Callable[..., torch.Tensor]] = {}
 
 
-def _resolve_cached(impl: Optional[str], device_type: str) -> str:
-    # Once per (name, $PLAINMAMBA_SCAN, device type): no environment or import look-ups per
-    # forward, and a constant for torch.compile, so the dispatch never breaks the graph.
-    key = f"{impl}|{os.environ.get(ENV_VAR)}|{device_type}"
-    name = _RESOLVED.get(key)
-    if name is None:
-        name = _RESOLVED[key] = resolve_impl(impl, torch.device(device_type))
-    return name
-
-
-_RESOLVED: Dict[str, str] = {}
-# What torch.compiler.assume_constant_result does, without importing torch._dynamo (and Triton)
-# with the package: torch.compile calls the function while tracing and keeps its result.
-_resolve_cached._dynamo_marked_constant = True  # type: ignore[attr-defined]
+def _run(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    direction_Bs: torch.Tensor,
+    delta_bias: torch.Tensor,
+    hw: Tuple[int, int],
+    impl: Optional[str],
+    triton_settings: Optional[TritonSettings],
+) -> torch.Tensor:
+    name = SCAN_SWITCH.resolved(impl, u.device.type)[0]
+    fn = _IMPLS.get(name)
+    if fn is None:
+        fn = _IMPLS[name] = _load(name)
+    if name == "triton":
+        return fn(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, settings=triton_settings)
+    return fn(u, delta, A, B, C, D, direction_Bs, delta_bias, hw)
 
 
 def zigzag_scan(
@@ -250,10 +247,34 @@ def zigzag_scan(
     delta_bias: torch.Tensor,
     hw: Tuple[int, int],
     impl: Optional[str] = None,
+    triton_settings: Optional[TritonSettings] = None,
 ) -> torch.Tensor:
-    """Four-direction zig-zag selective scan; see the module docstring for shapes and ``impl``."""
-    name = _resolve_cached(impl, u.device.type)
-    fn = _IMPL_CACHE.get(name)
-    if fn is None:
-        fn = _IMPL_CACHE[name] = _get_impl(name)
-    return fn(u, delta, A, B, C, D, direction_Bs, delta_bias, hw)
+    """Four-direction zig-zag selective scan; see the module docstring for shapes and ``impl``.
+
+    The grid is checked here, once, for every path. ``triton_settings`` tunes the Triton path
+    (default: :func:`plainmamba.ops.tuning.triton_settings`).
+    """
+    check_grid(hw, u.shape[1])
+    if counting_active():
+        h, w = int(hw[0]), int(hw[1])
+        return torch.ops.plainmamba.zigzag_scan(u, delta, A, B, C, D, direction_Bs, delta_bias,
+                                                h, w, impl)  # fmt: skip
+    return _run(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, impl, triton_settings)
+
+
+# One node per scan in a torch.jit trace while counting_ops() is active (FLOP analysis):
+# forward only, the body runs outside the trace.
+if not hasattr(torch.ops.plainmamba, "zigzag_scan"):  # once per process
+
+    @torch.library.custom_op("plainmamba::zigzag_scan", mutates_args=())
+    def _counted_scan(
+        u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        D: torch.Tensor, direction_Bs: torch.Tensor, delta_bias: torch.Tensor, h: int, w: int,
+        impl: Optional[str],
+    ) -> torch.Tensor:  # fmt: skip
+        with untraced():
+            return _run(u, delta, A, B, C, D, direction_Bs, delta_bias, (h, w), impl, None).clone()
+
+    @_counted_scan.register_fake
+    def _(u, delta, A, B, C, D, direction_Bs, delta_bias, h, w, impl):
+        return u.new_empty(u.shape)

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 
 from .scan_orders import scan_orders
-from .zigzag_scan import check_grid
 
 __all__ = ["zigzag_scan_chunked", "CHUNK", "LOG_DECAY_FLOOR"]
 
@@ -56,10 +55,10 @@ def zigzag_scan_chunked(
     delta_bias: torch.Tensor,
     hw: Tuple[int, int],
 ) -> torch.Tensor:
-    """Chunked path with the signature of :func:`plainmamba.ops.zigzag_scan_ref`."""
+    """Chunked path with the signature of :func:`plainmamba.ops.zigzag_scan_ref`; the grid is
+    checked by the dispatcher, :func:`plainmamba.ops.zigzag_scan`."""
     out_dtype = u.dtype
     batch, length, channels = u.shape
-    check_grid(hw, length)
     n_state = A.shape[1]
     orders, inverse, dirs = scan_orders(hw[0], hw[1], u.device)
     uf = u.float()

@@ -7,7 +7,6 @@ from typing import Tuple
 import torch
 
 from .scan_orders import scan_orders
-from .zigzag_scan import check_grid
 
 __all__ = ["zigzag_scan_mamba"]
 
@@ -23,10 +22,10 @@ def zigzag_scan_mamba(
     delta_bias: torch.Tensor,
     hw: Tuple[int, int],
 ) -> torch.Tensor:
-    """mamba-ssm path with the signature of :func:`plainmamba.ops.zigzag_scan_ref`."""
+    """mamba-ssm path with the signature of :func:`plainmamba.ops.zigzag_scan_ref`; the grid is
+    checked by the dispatcher, :func:`plainmamba.ops.zigzag_scan`."""
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    check_grid(hw, u.shape[1])
     orders, inverse, dirs = scan_orders(hw[0], hw[1], u.device)
     # mamba-ssm wants channels first: (batch, E, L) and (batch, N, L).
     dt = delta.transpose(1, 2).contiguous()

@@ -3,9 +3,12 @@
 The four scans of a layer run in one pass over the steps; work is split over (batch, channel
 block) and the innermost loop runs over contiguous channels so that it vectorises.
 
-Inference (no gradient needed) runs one fused kernel: exp(delta * A) computed once per step for
-all four scans, direction offsets, the recurrences and the D skip, with no (L, N, E) tensor in
-memory. Training keeps the elementwise pieces around the recurrence (softplus, exp(delta * A),
+Inference (no gradient needed) runs one fused kernel: softplus(delta), exp(delta * A) computed
+once per step for all four scans, direction offsets, the recurrences and the D skip, with no
+(L, N, E) tensor in memory. For d_state 16 (every released model) the kernel writes the sixteen
+states out in the channel loop, so that the sum over states stays in a register, and
+:func:`zigzag_scan_gated_numba` also applies the mixer's gate y * silu(z); other sizes take a
+kernel with a loop over states. Training keeps the elementwise pieces around the recurrence (softplus, exp(delta * A),
 direction offsets, D) in PyTorch so that autograd carries their gradients, and only the
 recurrence is a custom autograd function.
 
@@ -24,9 +27,8 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from .scan_orders import scan_orders
-from .zigzag_scan import check_grid
 
-__all__ = ["zigzag_scan_numba", "scan_core_numba"]
+__all__ = ["zigzag_scan_numba", "zigzag_scan_gated_numba", "scan_core_numba"]
 
 _CHUNK = 64  # steps between checkpointed states in the backward
 
@@ -140,6 +142,202 @@ def _scan_fused_fwd(u, delta, A_t, B, C, dir_B, D, orders, dirs, y, block):  # p
                 y_row = y[b, i, e0:e1]
                 for e in range(ne):
                     y_row[e] += acc[e]
+
+
+# Inference kernel for d_state == 16 (every released model). Per job: one batch element and a
+# block of _BLK channels. The sixteen states are written out in the channel loop, so that the
+# loop has no inner loop left and vectorises over channels, with the sum over states (h . C) in
+# a register. Every per-job buffer is addressed at constant offsets from one of two arrays, so
+# the vectoriser needs only a few runtime alias checks.
+_NS = 16
+_BLK = 64
+_HSZ = _NS * _BLK  # one scan's states: (state, channel) at n * _BLK + e
+_DT = _HSZ  # the step's softplus'd delta, after exp(delta * A) (state, channel)
+_SCRATCH = _DT + _BLK
+
+
+@njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
+def _exp2_neg(v):  # pragma: no cover - compiled
+    """2^v for v <= 0, within 2.4e-7 relative; inlined into loops, where it vectorises.
+
+    2^v = 2^k * 2^r with k = round(v), |r| <= 1/2, 2^r by a degree-5 polynomial fitted for relative
+    error, and 2^k added to the exponent bits.
+    """
+    v = max(v, np.float32(-126.0))  # below that, float32 2^v is denormal
+    k = np.floor(v + np.float32(0.5))
+    r = v - k
+    p = np.float32(1.3276733225211501e-3)
+    p = p * r + np.float32(9.675543755292892e-3)
+    p = p * r + np.float32(5.5507123470306396e-2)
+    p = p * r + np.float32(2.4022120237350464e-1)
+    p = p * r + np.float32(6.931469440460205e-1)
+    p = p * r + np.float32(1.0000001192092896)
+    bits = np.int32(np.float32(p).view(np.int32) + np.int32(np.int32(k) << 23))
+    return bits.view(np.float32)
+
+
+@njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
+def _softplus(x):  # pragma: no cover - compiled
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), the log1p as 2 atanh(w / (2 + w)) in series."""
+    w = _exp2_neg(-abs(x) * _LOG2E)
+    s = w / (np.float32(2.0) + w)  # <= 1/3, so eight terms of the series reach float32 precision
+    s2 = s * s
+    p = np.float32(1.0 / 15.0)
+    p = p * s2 + np.float32(1.0 / 13.0)
+    p = p * s2 + np.float32(1.0 / 11.0)
+    p = p * s2 + np.float32(1.0 / 9.0)
+    p = p * s2 + np.float32(1.0 / 7.0)
+    p = p * s2 + np.float32(1.0 / 5.0)
+    p = p * s2 + np.float32(1.0 / 3.0)
+    p = p * s2 + np.float32(1.0)
+    return max(x, np.float32(0.0)) + np.float32(2.0) * s * p
+
+
+@njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
+def _silu(x):  # pragma: no cover - compiled
+    q = _exp2_neg(-abs(x) * _LOG2E)
+    r = np.float32(1.0) / (np.float32(1.0) + q)
+    return x * (r if x >= np.float32(0.0) else q * r)
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True, error_model="numpy")
+def _scan_infer(
+    u, dtr, dbias, A2_t, Bf, bs, Cf, cs, dir_B, D, orders, dirs, zf, zs, gate, y
+):  # pragma: no cover - compiled
+    """Inference, d_state 16: softplus(delta), exp(delta * A), the four scans, D * u and, with
+    ``gate``, the product with silu(z), in one pass per block of channels.
+
+    ``A2_t`` is A * log2(e) transposed to (N, E). B, C and z are read through flat views of
+    their storage (``Bf`` etc., with the element strides of their first two dimensions in
+    ``bs`` etc.), so the slices of x_proj's and in_proj's outputs need no copies.
+    """
+    batch, length, channels = u.shape
+    n_blocks = (channels + _BLK - 1) // _BLK
+    for job in prange(batch * n_blocks):
+        b = job // n_blocks
+        e0 = (job % n_blocks) * _BLK
+        e1 = min(e0 + _BLK, channels)
+        ne = e1 - e0
+        s = np.empty(_SCRATCH, dtype=np.float32)
+        hs = np.zeros((4, _HSZ), dtype=np.float32)
+        bt = np.empty(_NS, dtype=np.float32)
+        d_row = D[e0:e1]
+        bias = dbias[e0:e1]
+        # Each scan adds D * u at the token it visits: 4 D u in all.
+        for i in range(length):
+            u_row = u[b, i, e0:e1]
+            y_row = y[b, i, e0:e1]
+            for e in range(ne):
+                y_row[e] = np.float32(4.0) * d_row[e] * u_row[e]
+        for t in range(length):
+            raw = dtr[b, t, e0:e1]
+            for e in range(ne):
+                s[_DT + e] = _softplus(raw[e] + bias[e])
+            for n in range(_NS):
+                a_row = A2_t[n, e0:e1]
+                for e in range(ne):
+                    s[n * _BLK + e] = _exp2_neg(s[_DT + e] * a_row[e])
+            boff = b * bs[0] + t * bs[1]
+            coff = b * cs[0] + t * cs[1]
+            for n in range(_NS):
+                bt[n] = Bf[boff + n]
+            c0 = Cf[coff + 0]
+            c1 = Cf[coff + 1]
+            c2 = Cf[coff + 2]
+            c3 = Cf[coff + 3]
+            c4 = Cf[coff + 4]
+            c5 = Cf[coff + 5]
+            c6 = Cf[coff + 6]
+            c7 = Cf[coff + 7]
+            c8 = Cf[coff + 8]
+            c9 = Cf[coff + 9]
+            c10 = Cf[coff + 10]
+            c11 = Cf[coff + 11]
+            c12 = Cf[coff + 12]
+            c13 = Cf[coff + 13]
+            c14 = Cf[coff + 14]
+            c15 = Cf[coff + 15]
+            for k in range(4):
+                i = orders[k, t]
+                u_row = u[b, i, e0:e1]
+                y_row = y[b, i, e0:e1]
+                dk = dirs[k, t]
+                hk = hs[k]
+                b0 = bt[0] + dir_B[dk, 0]
+                b1 = bt[1] + dir_B[dk, 1]
+                b2 = bt[2] + dir_B[dk, 2]
+                b3 = bt[3] + dir_B[dk, 3]
+                b4 = bt[4] + dir_B[dk, 4]
+                b5 = bt[5] + dir_B[dk, 5]
+                b6 = bt[6] + dir_B[dk, 6]
+                b7 = bt[7] + dir_B[dk, 7]
+                b8 = bt[8] + dir_B[dk, 8]
+                b9 = bt[9] + dir_B[dk, 9]
+                b10 = bt[10] + dir_B[dk, 10]
+                b11 = bt[11] + dir_B[dk, 11]
+                b12 = bt[12] + dir_B[dk, 12]
+                b13 = bt[13] + dir_B[dk, 13]
+                b14 = bt[14] + dir_B[dk, 14]
+                b15 = bt[15] + dir_B[dk, 15]
+                for e in range(ne):
+                    du = s[_DT + e] * u_row[e]
+                    v0 = s[e] * hk[e] + b0 * du
+                    hk[e] = v0
+                    v1 = s[1 * _BLK + e] * hk[1 * _BLK + e] + b1 * du
+                    hk[1 * _BLK + e] = v1
+                    v2 = s[2 * _BLK + e] * hk[2 * _BLK + e] + b2 * du
+                    hk[2 * _BLK + e] = v2
+                    v3 = s[3 * _BLK + e] * hk[3 * _BLK + e] + b3 * du
+                    hk[3 * _BLK + e] = v3
+                    v4 = s[4 * _BLK + e] * hk[4 * _BLK + e] + b4 * du
+                    hk[4 * _BLK + e] = v4
+                    v5 = s[5 * _BLK + e] * hk[5 * _BLK + e] + b5 * du
+                    hk[5 * _BLK + e] = v5
+                    v6 = s[6 * _BLK + e] * hk[6 * _BLK + e] + b6 * du
+                    hk[6 * _BLK + e] = v6
+                    v7 = s[7 * _BLK + e] * hk[7 * _BLK + e] + b7 * du
+                    hk[7 * _BLK + e] = v7
+                    v8 = s[8 * _BLK + e] * hk[8 * _BLK + e] + b8 * du
+                    hk[8 * _BLK + e] = v8
+                    v9 = s[9 * _BLK + e] * hk[9 * _BLK + e] + b9 * du
+                    hk[9 * _BLK + e] = v9
+                    v10 = s[10 * _BLK + e] * hk[10 * _BLK + e] + b10 * du
+                    hk[10 * _BLK + e] = v10
+                    v11 = s[11 * _BLK + e] * hk[11 * _BLK + e] + b11 * du
+                    hk[11 * _BLK + e] = v11
+                    v12 = s[12 * _BLK + e] * hk[12 * _BLK + e] + b12 * du
+                    hk[12 * _BLK + e] = v12
+                    v13 = s[13 * _BLK + e] * hk[13 * _BLK + e] + b13 * du
+                    hk[13 * _BLK + e] = v13
+                    v14 = s[14 * _BLK + e] * hk[14 * _BLK + e] + b14 * du
+                    hk[14 * _BLK + e] = v14
+                    v15 = s[15 * _BLK + e] * hk[15 * _BLK + e] + b15 * du
+                    hk[15 * _BLK + e] = v15
+                    y_row[e] += (
+                        v0 * c0
+                        + v1 * c1
+                        + v2 * c2
+                        + v3 * c3
+                        + v4 * c4
+                        + v5 * c5
+                        + v6 * c6
+                        + v7 * c7
+                    ) + (
+                        v8 * c8
+                        + v9 * c9
+                        + v10 * c10
+                        + v11 * c11
+                        + v12 * c12
+                        + v13 * c13
+                        + v14 * c14
+                        + v15 * c15
+                    )
+        if gate:
+            for i in range(length):
+                zoff = b * zs[0] + i * zs[1] + e0
+                y_row = y[b, i, e0:e1]
+                for e in range(ne):
+                    y_row[e] *= _silu(zf[zoff + e])
 
 
 @njit(fastmath=True, cache=True, nogil=True)
@@ -295,6 +493,61 @@ def scan_core_numba(
     return _ScanCore.apply(u, delta, dA, Bk, C, orders)
 
 
+def _flat(t: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    """A float32 tensor with unit last stride as a 1-D view of its storage (from its first
+    element) and the element strides of its leading dimensions; copies only other tensors."""
+    if t.dtype != torch.float32 or t.stride(-1) != 1:
+        t = t.float().contiguous()
+    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    flat = torch.as_strided(t.detach(), (span,), (1,))
+    return flat.numpy(), np.asarray(t.stride()[:-1], dtype=np.int64)
+
+
+_NO_GATE = (np.zeros(1, dtype=np.float32), np.zeros(2, dtype=np.int64))
+
+
+def _infer(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, z):
+    """The fused inference kernel (d_state 16): y, times silu(z) when ``z`` is given."""
+    orders, _, dirs = scan_orders(hw[0], hw[1], u.device)
+    uf = u.detach().float().contiguous()
+    y = torch.empty_like(uf)
+    Bf, bs = _flat(B)
+    Cf, cs = _flat(C)
+    zf, zs = _flat(z) if z is not None else _NO_GATE
+    _sync_threads()
+    _scan_infer(
+        uf.numpy(), _np(delta.float()), _np(delta_bias.float()), _np(A.float().t() * _LOG2E),
+        Bf, bs, Cf, cs, _np(direction_Bs.float()), _np(D.float()), orders.numpy(), dirs.numpy(),
+        zf, zs, z is not None, y.numpy(),
+    )  # fmt: skip
+    return y.to(u.dtype)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def zigzag_scan_gated_numba(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    direction_Bs: torch.Tensor,
+    delta_bias: torch.Tensor,
+    hw: Tuple[int, int],
+    z: torch.Tensor,
+) -> torch.Tensor:
+    """``zigzag_scan_numba(...) * silu(z)``, the mixer's gated output, in one kernel when no
+    gradient is needed and d_state is 16 (the gating and softplus fused; ``z`` (batch, L, E) may
+    be a strided view, like the half of in_proj's output)."""
+    if A.shape[1] == _NS and not _needs_grad(u, delta, A, B, C, D, direction_Bs, delta_bias, z):
+        return _infer(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, z)
+    y = zigzag_scan_numba(u, delta, A, B, C, D, direction_Bs, delta_bias, hw)
+    return y * F.silu(z)
+
+
 def zigzag_scan_numba(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -308,13 +561,12 @@ def zigzag_scan_numba(
 ) -> torch.Tensor:
     """CPU fast path with the signature of :func:`plainmamba.ops.zigzag_scan_ref`."""
     out_dtype = u.dtype
-    check_grid(hw, u.shape[1])
+    needs_grad = _needs_grad(u, delta, A, B, C, D, direction_Bs, delta_bias)
+    if not needs_grad and A.shape[1] == _NS:
+        return _infer(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, None)
     orders, _, dirs = scan_orders(hw[0], hw[1], u.device)
     uf = u.float().contiguous()
     dt = F.softplus(delta.float() + delta_bias.float()).contiguous()
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (u, delta, A, B, C, D, direction_Bs, delta_bias)
-    )
     if not needs_grad:
         y = torch.zeros_like(uf)
         block = _block_size(uf.shape[0], uf.shape[2], _sync_threads())

@@ -26,6 +26,10 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
+
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))

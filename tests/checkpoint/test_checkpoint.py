@@ -46,6 +46,7 @@ def model_of(n):
     return instantiate(cfg.model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_released_keys_convert_and_load(official_keys, tmp_path, n):
     release = fake_release(official_keys[f"cls_L{n}"], seed=n)
@@ -92,6 +93,7 @@ def test_bare_state_dict_and_arch(official_keys):
     assert infer_arch(state) == "L3"
 
 
+@pytest.mark.slow
 def test_wrong_size_names_keys_and_shapes(official_keys):
     state = convert_official_classification(fake_release(official_keys["cls_L1"]))
     with pytest.raises(CheckpointError) as err:
@@ -102,6 +104,7 @@ def test_wrong_size_names_keys_and_shapes(official_keys):
     assert "backbone.layers.0.dw.0.weight" in text  # L1-only keys are listed
 
 
+@pytest.mark.slow
 def test_checkpointer_reads_release_directly_and_is_strict(official_keys, tmp_path):
     path = tmp_path / "released.pth"
     torch.save(fake_release(official_keys["cls_L1"]), path)
@@ -124,6 +127,7 @@ def test_corrupt_and_foreign_files(tmp_path):
         convert_official_classification(str(other))
 
 
+@pytest.mark.slow
 def test_cli_reports_errors(tmp_path, official_keys):
     src = tmp_path / "l1.pth"
     torch.save(fake_release(official_keys["cls_L1"]), src)

@@ -137,6 +137,7 @@ def test_released_meta_from_uninstalled_packages_is_inert_data(tmp_path):
     assert torch.equal(converted["backbone.w"], state["backbone.w"])
 
 
+@pytest.mark.slow
 def test_converter_tool(tmp_path, fixtures_dir):
     """The command-line converter: a released file with foreign ``meta`` converts in a process
     that never saw its module; a poisoned one exits 2 naming the file and the global."""
@@ -207,6 +208,7 @@ def _train_net(*args):
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_train_net_init_checkpoint_and_resume_refuse(tmp_path):
     marker = tmp_path / "ran"
     bad = _poisoned_pth(tmp_path, marker)
@@ -226,6 +228,7 @@ def test_train_net_init_checkpoint_and_resume_refuse(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_demo_refuses(tmp_path):
     from PIL import Image
 

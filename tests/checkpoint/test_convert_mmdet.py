@@ -23,7 +23,7 @@ from detectron2.modeling.roi_heads import (
 )
 from torch import nn
 
-from helpers import REPO
+from helpers import BN, NUM_CLASSES, REPO, materialize, mmdet_keys, released
 from plainmamba.checkpoint import (
     CheckpointError,
     PlainMambaCheckpointer,
@@ -35,8 +35,6 @@ from plainmamba.checkpoint import (
 )
 
 TOOL = str(REPO / "tools" / "convert_official_checkpoint.py")
-NUM_CLASSES = 80
-BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 ADAPTER = {
     "spm",
     "level_embed",
@@ -47,71 +45,6 @@ ADAPTER = {
     "ad_norm3",
     "ad_norm4",
 }
-
-
-# ----------------------------------------------------------------------------- synthetic releases
-def _conv_module(keys, prefix, cin, cout, k, norm):
-    """MMCV ConvModule: ``conv`` (bias only without a norm) and a SyncBN called ``bn``."""
-    keys[f"{prefix}.conv.weight"] = [cout, cin, k, k]
-    if norm:
-        for p in BN:
-            keys[f"{prefix}.bn.{p}"] = [] if p == "num_batches_tracked" else [cout]
-    else:
-        keys[f"{prefix}.conv.bias"] = [cout]
-
-
-def _plain(keys, prefix, weight_shape, out_channels=None):
-    keys[f"{prefix}.weight"] = list(weight_shape)
-    keys[f"{prefix}.bias"] = [out_channels or weight_shape[0]]
-
-
-def mmdet_keys(kind, backbone_keys, embed_dim, num_classes=NUM_CLASSES):
-    """Every key and shape of a released PlainMamba ``kind`` detector on the given backbone."""
-    keys = {k: list(v) for k, v in backbone_keys.items()}
-    if kind == "mask_rcnn":
-        for i in range(4):
-            _conv_module(keys, f"neck.lateral_convs.{i}", embed_dim, 256, 1, norm=True)
-            _conv_module(keys, f"neck.fpn_convs.{i}", 256, 256, 3, norm=True)
-        _plain(keys, "rpn_head.rpn_conv", [256, 256, 3, 3])
-        _plain(keys, "rpn_head.rpn_cls", [3, 256, 1, 1])
-        _plain(keys, "rpn_head.rpn_reg", [12, 256, 1, 1])
-        box, mask = "roi_head.bbox_head", "roi_head.mask_head"
-        for k in range(4):
-            _conv_module(keys, f"{box}.shared_convs.{k}", 256, 256, 3, norm=True)
-            _conv_module(keys, f"{mask}.convs.{k}", 256, 256, 3, norm=False)
-        _plain(keys, f"{box}.shared_fcs.0", [1024, 256 * 7 * 7])
-        _plain(keys, f"{box}.fc_cls", [num_classes + 1, 1024])
-        _plain(keys, f"{box}.fc_reg", [4 * num_classes, 1024])
-        _plain(keys, f"{mask}.upsample", [256, 256, 2, 2], 256)  # ConvTranspose2d: in, out, k, k
-        _plain(keys, f"{mask}.conv_logits", [num_classes, 256, 1, 1])
-    else:
-        for i in range(3):
-            _conv_module(keys, f"neck.lateral_convs.{i}", embed_dim, 256, 1, norm=True)
-        for i in range(5):
-            _conv_module(keys, f"neck.fpn_convs.{i}", 256, 256, 3, norm=True)
-        for k in range(4):
-            _conv_module(keys, f"bbox_head.cls_convs.{k}", 256, 256, 3, norm=False)
-            _conv_module(keys, f"bbox_head.reg_convs.{k}", 256, 256, 3, norm=False)
-        _plain(keys, "bbox_head.retina_cls", [9 * num_classes, 256, 3, 3])
-        _plain(keys, "bbox_head.retina_reg", [9 * 4, 256, 3, 3])
-    return keys
-
-
-def materialize(keys, seed=0):
-    """Random values for ``{key: shape}``; BN counters are integers like in real files."""
-    g = torch.Generator().manual_seed(seed)
-    return {
-        k: (
-            torch.tensor(7 + i)
-            if k.endswith("num_batches_tracked")
-            else torch.randn(*shape, generator=g) * 0.05
-        )
-        for i, (k, shape) in enumerate(keys.items())
-    }
-
-
-def released(state):
-    return {"state_dict": dict(state), "meta": {"epoch": 12, "CLASSES": ["c"] * NUM_CLASSES}}
 
 
 @pytest.fixture(scope="module")
@@ -436,6 +369,7 @@ def test_ema_and_module_prefix_are_handled(retinanet_state):
     assert sorted(out) == sorted(d2_name("retinanet", k) for k in retinanet_state)
 
 
+@pytest.mark.slow
 def test_classification_checkpoint_as_detector(official_keys, tmp_path):
     classifier = released(materialize(official_keys["cls_L1"]))
     with pytest.raises(CheckpointError, match=r"cls\.pth: asked for a mask_rcnn checkpoint.*"):
@@ -453,6 +387,7 @@ def test_classification_checkpoint_as_detector(official_keys, tmp_path):
     assert not (tmp_path / "out.pth").exists()
 
 
+@pytest.mark.slow
 def test_cli_converts_detectors(mask_rcnn_state, retinanet_state, tmp_path):
     src = tmp_path / "maskrcnn_l1.pth"
     torch.save(released(mask_rcnn_state), src)

@@ -1,7 +1,9 @@
 """plainmamba.model_zoo: every config loads and builds, names resolve (also from a regular,
 non-editable install), errors name the alternatives, weights load strictly."""
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import torch
 
 from helpers import REPO
 from plainmamba import model_zoo
+from plainmamba.model_zoo import table
 from plainmamba.checkpoint import CheckpointError
 
 CONFIGS = model_zoo.list_configs()
@@ -42,6 +45,7 @@ def test_list_covers_the_published_configs_and_no_building_blocks():
     assert set(model_zoo.ZOO) <= set(CONFIGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_loads_and_builds(name):
     cfg = model_zoo.get_config(name)
@@ -117,16 +121,24 @@ def test_weights_load_strictly_from_converted_and_released_files(tmp_path):
         model_zoo.get(name, weights=str(wrong))
 
 
+@pytest.mark.slow
 def test_configs_resolve_from_a_regular_install(tmp_path):
-    """Build a wheel (the configs are package data behind the configs symlink), install it
-    unzipped elsewhere, and load a config whose relative imports reach configs/common."""
+    """Build a wheel from a tree laid out as a fresh clone (no configs link: setup.py makes it),
+    install it unzipped elsewhere, and load a config whose relative imports reach configs/common."""
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(REPO / "setup.py", src)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc")
+    caches = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc")
+
+    def ignore(folder: str, names: list) -> set:
+        # The link is a build product that git ignores; a clone has none.
+        link = {"configs"} if os.path.basename(folder) == "model_zoo" else set()
+        return set(caches(folder, names)) | link
+
     shutil.copytree(REPO / "plainmamba", src / "plainmamba", symlinks=True, ignore=ignore)
-    shutil.copytree(REPO / "configs", src / "configs", ignore=ignore)
-    assert os.path.islink(src / "plainmamba" / "model_zoo" / "configs")
+    shutil.copytree(REPO / "configs", src / "configs", ignore=caches)
+    link = src / "plainmamba" / "model_zoo" / "configs"
+    assert not os.path.lexists(link)
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -134,6 +146,7 @@ def test_configs_resolve_from_a_regular_install(tmp_path):
         check=True, capture_output=True, cwd=tmp_path,
     )  # fmt: skip
     (wheel,) = wheels.glob("*.whl")
+    assert os.path.islink(link) and os.readlink(link) == os.path.join("..", "..", "configs")
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -157,3 +170,91 @@ def test_configs_resolve_from_a_regular_install(tmp_path):
     assert package.startswith(str(target))
     assert config.startswith(str(target)) and os.path.isfile(config)
     assert last == f"384 {len(CONFIGS)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Published figures are written once, in the model zoo's table; the documents must agree with it.
+# --------------------------------------------------------------------------------------------
+
+ZOO_PUBLISHED = {name: e for name, e in model_zoo.ZOO.items() if e.published}
+
+
+def _results(entry) -> str:
+    """The published results of ``entry`` as the tables write them: ``44.1 / 39.1``."""
+    return " / ".join(
+        table.format_figure(entry.published[key], key)
+        for key in table.RESULT_NAMES
+        if key in entry.published
+    )
+
+
+def test_model_zoo_md_table_is_the_zoo_table():
+    text = (REPO / "MODEL_ZOO.md").read_text()
+    rows = table.markdown_rows()
+    assert len(rows) == len(ZOO_PUBLISHED) == 12
+    missing = [row for row in rows if row not in text.splitlines()]
+    assert not missing, "MODEL_ZOO.md differs from plainmamba/model_zoo/table.py; print the rows "
+    "with `python -m plainmamba.model_zoo.table`:\n" + "\n".join(missing)
+    assert "\n".join(rows) in text, "rows out of order"
+    for name, entry in model_zoo.ZOO.items():
+        if not entry.published:  # the quick-start rows: our parameter count only
+            row = f"| `{name}` | — / {entry.measured['params_m']:.2f} |"
+            assert any(line.startswith(row) for line in text.splitlines()), row
+
+
+def test_readme_results_table_matches_the_zoo():
+    text = (REPO / "README.md").read_text().splitlines()
+
+    def row(label: str, fmt) -> str:
+        return f"| {label} | " + " | ".join(fmt(n) for n in "123") + " |"
+
+    def imagenet(n: str) -> str:
+        e = model_zoo.ZOO[f"ImageNet/plainmamba_l{n}_300e.py"]
+        return f"{table.format_figure(e.published['top1'])} ({e.measured['params_m']:.2f} M)"
+
+    expected = [
+        row("ImageNet-1k top-1 (backbone params)", imagenet),
+        row(
+            "COCO Mask R-CNN 1x, box / mask AP",
+            lambda n: _results(model_zoo.ZOO[f"COCO/mask_rcnn_plainmamba_adapter_l{n}_1x.py"]),
+        ),
+        row(
+            "COCO RetinaNet 1x, box AP",
+            lambda n: _results(model_zoo.ZOO[f"COCO/retinanet_plainmamba_adapter_l{n}_1x.py"]),
+        ),
+        row(
+            "ADE20K UperNet 160k, mIoU",
+            lambda n: _results(model_zoo.ZOO[f"ADE20K/upernet_plainmamba_l{n}_160k.py"]),
+        ),
+    ]
+    for line in expected:
+        assert line in text, f"README.md lacks the row {line!r} (plainmamba/model_zoo/table.py)"
+
+
+def test_getting_started_tables_match_the_zoo():
+    """Each GETTING_STARTED table row of a released config shows the zoo's figures."""
+    lines = (REPO / "GETTING_STARTED.md").read_text().splitlines()
+    checked = 0
+    for name, entry in ZOO_PUBLISHED.items():
+        base = name.split("/")[1]
+        for line in lines:
+            if not (line.startswith(f"| `configs/{name}`") or line.startswith(f"| `{base}`")):
+                continue
+            checked += 1
+            assert f"| {_results(entry)} |" in line, (name, line)
+            if " M |" in line:  # the tables that list parameters: ours, then published
+                ours = table.format_figure(entry.measured["params_m"], "params_m", measured=True)
+                published = table.format_figure(entry.published["params_m"], "params_m")
+                assert f"| {ours} M | {published} M |" in line, (name, line)
+    assert checked == len(ZOO_PUBLISHED)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_PUBLISHED))
+def test_config_docstrings_quote_the_zoo(name):
+    """A leaf config's one-line docstring may quote published figures: only the zoo's."""
+    doc = ast.get_docstring(ast.parse(open(model_zoo.get_config_file(name)).read())) or ""
+    entry = model_zoo.ZOO[name]
+    figures = {table.format_figure(v, k) for k, v in entry.published.items()}
+    published = doc.partition("published")[2].partition(")")[0]
+    quoted = set(re.findall(r"(?<![\w.-])\d+(?:\.\d+)?", published))
+    assert quoted <= figures, (name, doc, figures)

@@ -12,7 +12,7 @@ import torch
 
 from plainmamba import model_zoo
 from plainmamba.checkpoint import CheckpointDownloadError, PlainMambaCheckpointer
-from plainmamba.model_zoo import model_zoo as zoo_module
+from plainmamba.model_zoo import table as zoo_table
 
 NAME = "ImageNet/plainmamba_l1_300e.py"
 
@@ -48,7 +48,7 @@ def server(tmp_path, monkeypatch):
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    monkeypatch.setattr(zoo_module, "RELEASE_URL", base)
+    monkeypatch.setattr(zoo_table, "RELEASE_URL", base)
     monkeypatch.setenv("DETECTRON2_CACHE", str(tmp_path / "cache"))
     yield root, base, handler
     httpd.shutdown()
@@ -73,6 +73,7 @@ def _cached_files(tmp_path):
     return sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_trained_downloads_once_and_matches_the_file(server, released_l1, tmp_path):
     root, _, handler = server
     (root / "l1.pth").write_bytes(released_l1.read_bytes())

@@ -87,6 +87,7 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
+@pytest.mark.slow
 def test_cli_round_trip(tmp_path):
     root = tmp_path / "imagenet"
     _write_tree(root / "train", np.random.default_rng(2))
@@ -247,6 +248,7 @@ def test_released_lmdb_with_annotation_list(tree, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_cli_bad_image_fails_with_path(tree, tmp_path):
     garbage = tree / "b_dog" / "broken.jpg"
     garbage.write_bytes(b"this is no jpeg" * 20)

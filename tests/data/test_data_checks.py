@@ -261,6 +261,7 @@ def test_empty_class_folders_do_not_shift_labels(tmp_path, clean_catalog):
     assert str(train) in message and str(val) in message and ": e." in message
 
 
+@pytest.mark.slow
 def test_lmdb_tool_checks_train_and_val_classes(tmp_path):
     root = tmp_path / "imagenet"
     for c in ("a", "b"):

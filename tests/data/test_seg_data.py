@@ -257,6 +257,7 @@ def _run_prepare(*args):
     )
 
 
+@pytest.mark.slow
 def test_prepare_ade20k_shifts_labels_and_is_idempotent(tmp_path):
     ade = tmp_path / "ADEChallengeData2016" / "annotations"
     src = np.array([[0, 1, 150], [2, 0, 75]], np.uint8)
@@ -284,6 +285,7 @@ def test_prepare_ade20k_shifts_labels_and_is_idempotent(tmp_path):
     assert "1 converted, 1 up to date" in res.stdout
 
 
+@pytest.mark.slow
 def test_prepare_ade20k_names_missing_folder(tmp_path):
     res = _run_prepare("--root", str(tmp_path / "nowhere"))
     assert res.returncode == 2

@@ -155,6 +155,7 @@ def test_imagenet_configs_hold_the_released_recipe(
     assert cfg.dataloader.test.mapper.crop_pct == pytest.approx(224 / 256)
 
 
+@pytest.mark.slow
 def test_imagenet_l1_recipe_runs_a_training_step(tmp_path):
     """The released pipeline end to end on generated images: LMDB records, RandAugment crop at
     224, Mixup/CutMix and erasing on the batch, L1 with drop path, soft-target loss, backward."""

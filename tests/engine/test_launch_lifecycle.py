@@ -91,6 +91,7 @@ def _log(out: Path) -> str:
     return (out.parent / f"{out.name}.log").read_text()[-4000:]
 
 
+@pytest.mark.slow
 def test_ranks_exit_when_the_launcher_is_killed(tmp_path):
     """``kill -9`` of the launcher while its ranks start up: they must not go on as orphans."""
     out = tmp_path / "run"
@@ -112,6 +113,7 @@ def test_ranks_exit_when_the_launcher_is_killed(tmp_path):
         _clean_up(proc)
 
 
+@pytest.mark.slow
 def test_no_process_outlives_a_failed_rank(tmp_path):
     """Rank 1 fails on its first step while a data-loader worker of rank 0 still starts up (it
     is held back 60 s): no rank, worker or helper process of the run may remain."""
@@ -162,6 +164,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_tie_to_parent_rearms_the_signal():
     """A child tied to its parent dies with it, also after something re-armed a softer signal."""
     proc = subprocess.Popen(

@@ -328,6 +328,7 @@ def test_resume_falls_back_from_an_unreadable_checkpoint(tmp_path):
         _toy_checkpointer(tmp_path, 0.0).resume_or_load("", resume=True)
 
 
+@pytest.mark.slow
 def test_kill_while_writing_the_final_checkpoint(tmp_path):
     """kill -9 halfway through model_final.pth: --resume writes it again from the checkpoint
     of the last iteration; metrics.json holds every iteration once."""

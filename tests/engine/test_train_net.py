@@ -62,6 +62,7 @@ def trained(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_single_process_training(trained):
     out, proc = trained
     rows = read_metrics(out)
@@ -82,6 +83,7 @@ def test_single_process_training(trained):
     assert list(out.glob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
+@pytest.mark.slow
 def test_eval_only(trained, tmp_path):
     out, _ = trained
     proc = run_net(
@@ -97,6 +99,7 @@ def test_eval_only(trained, tmp_path):
     assert float(printed.group(1)) == pytest.approx(read_results(out)["mse"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_on_cpu(tmp_path):
     proc = run_net("--num-gpus", "2", "--dist-url", "auto", f"train.output_dir={tmp_path}")
     _check(proc)
@@ -112,6 +115,7 @@ def test_two_processes_on_cpu(tmp_path):
     assert rows[-1]["total_loss"] < 0.2 * rows[0]["total_loss"]
 
 
+@pytest.mark.slow
 def test_launched_main_destroys_the_process_group(tmp_path):
     """A launched worker tears its process groups down after training (a Gloo group left to the
     interpreter's exit can abort the rank after its work is done)."""
@@ -134,6 +138,7 @@ print("initialized after main:", dist.is_initialized())
     assert (tmp_path / "out" / "model_final.pth").is_file()
 
 
+@pytest.mark.slow
 def test_kill_and_resume(tmp_path):
     # 50 ms per step stretches the 60 steps to 3 s, long enough to catch a mid-run checkpoint.
     args = [f"train.output_dir={tmp_path}", "train.checkpointer.period=10", "model.step_delay=0.05"]
@@ -167,6 +172,7 @@ def test_kill_and_resume(tmp_path):
     assert tag.read_text().strip() == "model_final.pth"
 
 
+@pytest.mark.slow
 def test_missing_config_file(tmp_path):
     missing = tmp_path / "no_such_config.py"
     proc = subprocess.run(
@@ -177,6 +183,7 @@ def test_missing_config_file(tmp_path):
     assert str(missing) in proc.stderr
 
 
+@pytest.mark.slow
 def test_unknown_override_key():
     proc = run_net("train.max_iterr=5", timeout=120)
     assert proc.returncode != 0

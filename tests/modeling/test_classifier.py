@@ -22,6 +22,7 @@ def test_eval_returns_logits_for_uint8_and_float():
     torch.testing.assert_close(a[0]["logits"], b[0]["logits"])
 
 
+@pytest.mark.slow
 def test_training_loss_falls():
     """A few AdamW steps on two fixed images with different labels: the loss must drop."""
     model = tiny_classifier().train()

@@ -18,20 +18,18 @@ from plainmamba.checkpoint import (
     convert_mmdet_detector,
 )
 from plainmamba.data import ImageReadError, make_shapes_coco, register_shapes
+from plainmamba.model_zoo import ZOO
 from plainmamba.modeling import ImageClassifier, PlainMamba, PlainMambaAdapter
 
 COCO_DIR = REPO / "configs" / "COCO"
 COCO_CONFIGS = sorted(p.stem for p in COCO_DIR.glob("*.py"))
 TINY = REPO / "configs" / "quickstart" / "mask_rcnn_plainmamba_adapter_tiny_shapes.py"
 
-# Published parameter counts (docs/model.md#coco-1x), millions.
+# Published parameter counts (the model zoo's table), millions.
 PUBLISHED_M = {
-    "mask_rcnn_plainmamba_adapter_l1_1x": 31,
-    "mask_rcnn_plainmamba_adapter_l2_1x": 53,
-    "mask_rcnn_plainmamba_adapter_l3_1x": 79,
-    "retinanet_plainmamba_adapter_l1_1x": 19,
-    "retinanet_plainmamba_adapter_l2_1x": 40,
-    "retinanet_plainmamba_adapter_l3_1x": 67,
+    name[len("COCO/") : -len(".py")]: e.published["params_m"]
+    for name, e in ZOO.items()
+    if name.startswith("COCO/")
 }
 # RetinaNet-L2 is 41.30 M here: the released L2 config differs from L1's only in the backbone, and
 # every size has RetinaNet = Mask R-CNN - 11.9 M (L1 31.21 -> 19.36, L3 79.78 -> 67.86), while the
@@ -79,6 +77,7 @@ def test_adapter_matches_released_fixture(fixtures_dir):
             assert rel < 1e-4, f"{name} at {tuple(case['input'].shape)}: relative error {rel:.2e}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [1, 2, 3])
 def test_released_backbone_keys_load(size):
     keys = json.loads((FIXTURES / "official_keys.json").read_text())[f"det_backbone_L{size}"]
@@ -89,6 +88,7 @@ def test_released_backbone_keys_load(size):
     adapter.load_state_dict(state, strict=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED_M))
 def test_parameter_counts(name):
     model = instantiate(_load(name).model)
@@ -98,9 +98,10 @@ def test_parameter_counts(name):
     assert abs(count - published) / published <= tolerance, f"{name}: {count:.2f} M"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mask_rcnn", "retinanet"])
 def test_released_detector_converts_into_config(kind):
-    from test_convert_mmdet import materialize, mmdet_keys  # synthetic released layouts
+    from helpers import materialize, mmdet_keys  # synthetic released layouts
 
     official = json.loads((FIXTURES / "official_keys.json").read_text())["det_backbone_L1"]
     released = materialize(mmdet_keys(kind, official, 192))
@@ -139,6 +140,7 @@ def _small_run_config(name, names, output_dir):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COCO_CONFIGS)
 def test_config_trains_and_evaluates(name, shapes, tmp_path):
     _, names = shapes
@@ -200,6 +202,7 @@ def test_trunk_initialises_from_a_classification_checkpoint(tmp_path):
     assert torch.equal(detector.backbone.bottom_up.spm.fc1.weight, before)  # adapter untouched
 
 
+@pytest.mark.slow
 def test_tiny_detector_trains_on_two_cpu_processes(tmp_path):
     out = tmp_path / "run"
     code, log = run_script(

@@ -3,33 +3,10 @@
 import pytest
 import torch
 
-from plainmamba.modeling import ImageClassifier, PlainMamba
+from helpers import build_tiny, rel_err
 from plainmamba.ops import available_impls
 
 IMPLS = [name for name in available_impls() if name in ("ref", "numba", "mamba")]
-
-
-def build_tiny(config, num_classes, impl):
-    mamba = config["layer_cfgs"]["mamba_cfg"]
-    backbone = PlainMamba(
-        img_size=config["img_size"],
-        patch_size=config["patch_size"],
-        embed_dim=config["embed_dims"],
-        depth=config["num_layers"],
-        num_stem_convs=config["num_convs_patch_embed"],
-        dwconv_layers=config["layers_with_dwconv"],
-        d_state=mamba["d_state"],
-        expand=mamba["expand"],
-        conv_size=mamba["conv_size"],
-        out_indices=config["out_indices"],
-        final_norm=config["final_norm"],
-        scan_impl=impl,
-    )
-    return ImageClassifier(backbone=backbone, num_classes=num_classes).eval()
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from plainmamba.checkpoint import (
     is_mmseg_upernet,
 )
 from plainmamba.data import SemSegLabelReader
+from plainmamba.model_zoo import ZOO
 from plainmamba.modeling import (
     EncoderDecoderSegmentor,
     FCNHead,
@@ -29,17 +30,17 @@ from plainmamba.modeling import (
     PlainMamba,
     UPerHead,
 )
-from test_convert_mmdet import _conv_module, _plain, materialize, released  # MMCV layouts
-from test_parity import build_tiny, rel_err
+from helpers import conv_module, materialize, plain_layer, released  # MMCV layouts
+from helpers import build_tiny, rel_err
 
 ADE_DIR = REPO / "configs" / "ADE20K"
 ADE_CONFIGS = sorted(p.stem for p in ADE_DIR.glob("*.py"))
 TOOL = str(REPO / "tools" / "convert_official_checkpoint.py")
-# Published parameter counts (docs/model.md#ade20k-160k), millions.
+# Published parameter counts (the model zoo's table), millions.
 PUBLISHED_M = {
-    "upernet_plainmamba_l1_160k": 35,
-    "upernet_plainmamba_l2_160k": 55,
-    "upernet_plainmamba_l3_160k": 81,
+    name[len("ADE20K/") : -len(".py")]: e.published["params_m"]
+    for name, e in ZOO.items()
+    if name.startswith("ADE20K/")
 }
 SIZE = {name: int(name.split("_l")[1][0]) for name in PUBLISHED_M}
 _MODELS = {}
@@ -125,6 +126,7 @@ def _sample(h, w, num_classes=150, seed=0):
     return {"image": image, "sem_seg": target}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED_M))
 def test_config_trains_and_infers_on_odd_sizes(name):
     model = _model(name).train()
@@ -302,15 +304,15 @@ def mmseg_upernet_keys(backbone_keys, embed_dim, num_classes=150):
     """Every key and shape of a released PlainMamba UperNet, per MMSegmentation 0.x."""
     keys = {k: list(v) for k, v in backbone_keys.items()}
     for i in range(4):  # PPM: Sequential(AdaptiveAvgPool2d, ConvModule) per pool scale
-        _conv_module(keys, f"decode_head.psp_modules.{i}.1", embed_dim, 512, 1, norm=True)
-    _conv_module(keys, "decode_head.bottleneck", embed_dim + 4 * 512, 512, 3, norm=True)
+        conv_module(keys, f"decode_head.psp_modules.{i}.1", embed_dim, 512, 1, norm=True)
+    conv_module(keys, "decode_head.bottleneck", embed_dim + 4 * 512, 512, 3, norm=True)
     for i in range(3):
-        _conv_module(keys, f"decode_head.lateral_convs.{i}", embed_dim, 512, 1, norm=True)
-        _conv_module(keys, f"decode_head.fpn_convs.{i}", 512, 512, 3, norm=True)
-    _conv_module(keys, "decode_head.fpn_bottleneck", 4 * 512, 512, 3, norm=True)
-    _plain(keys, "decode_head.conv_seg", [num_classes, 512, 1, 1])
-    _conv_module(keys, "auxiliary_head.convs.0", embed_dim, 256, 3, norm=True)
-    _plain(keys, "auxiliary_head.conv_seg", [num_classes, 256, 1, 1])
+        conv_module(keys, f"decode_head.lateral_convs.{i}", embed_dim, 512, 1, norm=True)
+        conv_module(keys, f"decode_head.fpn_convs.{i}", 512, 512, 3, norm=True)
+    conv_module(keys, "decode_head.fpn_bottleneck", 4 * 512, 512, 3, norm=True)
+    plain_layer(keys, "decode_head.conv_seg", [num_classes, 512, 1, 1])
+    conv_module(keys, "auxiliary_head.convs.0", embed_dim, 256, 3, norm=True)
+    plain_layer(keys, "auxiliary_head.conv_seg", [num_classes, 256, 1, 1])
     return keys
 
 
@@ -347,6 +349,7 @@ def test_unknown_and_missing_upernet_keys(upernet_l1_state):
         convert_mmseg_upernet(released(backbone_only), source="bb.pth")
 
 
+@pytest.mark.slow
 def test_cli_detects_and_checks_upernet(upernet_l1_state, tmp_path):
     src = tmp_path / "l1_upernet.pth"
     torch.save(released(upernet_l1_state), src)

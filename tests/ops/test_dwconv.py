@@ -13,9 +13,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import in_interpreter_child, run_under_triton_interpreter, set_env
-import plainmamba.ops.dwconv as dw
-from plainmamba.ops import DWCONV_ENV_VAR, DWCONV_IMPLS, dwconv2d_silu, dwconv2d_silu_ref
+from helpers import in_interpreter_child, run_under_triton_interpreter
+from plainmamba.ops import (
+    DWCONV_ENV_VAR,
+    DWCONV_IMPLS,
+    DWCONV_SWITCH,
+    TritonSettings,
+    assume_backends,
+    dwconv2d_silu,
+    dwconv2d_silu_ref,
+    resolve_dwconv_impl,
+)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -30,10 +38,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture
 def fresh_switch(monkeypatch):
-    """An empty resolution cache (restored afterwards), so the switch is asked again."""
-    monkeypatch.setattr(dw, "_RESOLVED", {})
+    """The switch without its environment override and cached choices (read again afterwards),
+    so it is asked again."""
     monkeypatch.delenv(DWCONV_ENV_VAR, raising=False)
-    return monkeypatch
+    DWCONV_SWITCH.reset()
+    yield monkeypatch
+    monkeypatch.undo()
+    DWCONV_SWITCH.reset()
 
 
 # ------------------------------------------------------------------------------------------
@@ -45,27 +56,27 @@ def test_unknown_impl_is_rejected(fresh_switch):
     x, w = torch.randn(1, 4, 8), torch.randn(8, 1, 3, 3)
     with pytest.raises(ValueError, match="auto, ref, triton"):
         dwconv2d_silu(x, w, None, (2, 2), impl="cudnn")
+    # The override is read once; reset() reads it again.
     fresh_switch.setenv(DWCONV_ENV_VAR, "fast")
+    DWCONV_SWITCH.reset()
     with pytest.raises(ValueError, match=r"\$PLAINMAMBA_DWCONV"):
         dwconv2d_silu(x, w, None, (2, 2))
     assert DWCONV_IMPLS == ("auto", "ref", "triton")
 
 
 def test_triton_on_cpu_needs_the_interpreter(fresh_switch):
-    fresh_switch.setattr(dw, "_triton_interpreted", lambda: False)
-    fresh_switch.setattr(dw, "_triton_importable", lambda: True)
     x, w = torch.randn(1, 4, 8), torch.randn(8, 1, 3, 3)
-    with pytest.raises(ValueError, match="got tensors on cpu"):
-        dwconv2d_silu(x, w, None, (2, 2), impl="triton")
-    assert dw.resolve_dwconv_impl("auto", torch.device("cpu")) == "ref"
+    with assume_backends(triton=True, triton_interpreter=False):
+        with pytest.raises(ValueError, match="got tensors on cpu"):
+            dwconv2d_silu(x, w, None, (2, 2), impl="triton")
+        assert resolve_dwconv_impl("auto", torch.device("cpu")) == "ref"
 
 
 def test_triton_missing_gives_install_hint(fresh_switch):
-    fresh_switch.setattr(dw, "_triton_interpreted", lambda: False)
-    fresh_switch.setattr(dw, "_triton_importable", lambda: False)
-    with pytest.raises(RuntimeError, match="pip install triton"):
-        dw.resolve_dwconv_impl("triton", torch.device("cuda"))
-    assert dw.resolve_dwconv_impl("auto", torch.device("cuda")) == "ref"
+    with assume_backends(triton=False, triton_interpreter=False):
+        with pytest.raises(RuntimeError, match="pip install triton"):
+            resolve_dwconv_impl("triton", torch.device("cuda"))
+        assert resolve_dwconv_impl("auto", torch.device("cuda")) == "ref"
 
 
 def test_bad_arguments_are_named():
@@ -106,6 +117,7 @@ if not IN_CHILD:
 
 if not (CUDA or IN_CHILD):
 
+    @pytest.mark.slow
     def test_kernels_under_triton_interpreter():
         """Every case of this file, on CPU through the interpreter, in a fresh interpreter."""
         run_under_triton_interpreter(__file__, _CHILD_ENV)
@@ -122,9 +134,9 @@ else:
         b = torch.randn(channels, generator=g).to(DEVICE) if bias else None
         return full, weight, b
 
-    def run(impl, full, weight, bias, hw, grad_out=None, dtype=None):
+    def run(impl, full, weight, bias, hw, grad_out=None, dtype=None, settings=None):
         """Output and gradients (full input, weight, bias) of one path; ``dtype`` casts all
-        leaves first (the float64 oracle)."""
+        leaves first (the float64 oracle); ``settings`` tunes the Triton path."""
         leaves = [t.detach().clone() for t in (full, weight, bias) if t is not None]
         if dtype is not None:
             leaves = [t.to(dtype) for t in leaves]
@@ -134,23 +146,12 @@ else:
         bias_ = leaves[2] if bias is not None else None
         x = full_.chunk(2, dim=-1)[0]
         assert not x.is_contiguous() or x.shape[0] * x.shape[1] == 1
-        y = dwconv2d_silu(x, weight_, bias_, hw, impl=impl)
+        y = dwconv2d_silu(x, weight_, bias_, hw, impl=impl, triton_settings=settings)
         if grad_out is None:
             gen = torch.Generator().manual_seed(7)
             grad_out = torch.randn(y.shape, generator=gen).to(DEVICE)
         grads = torch.autograd.grad((y.double() * grad_out.double()).sum(), leaves)
         return y.detach(), grads, grad_out
-
-    @pytest.fixture
-    def blocks(monkeypatch):
-        """Force the kernels' (rows, columns, channels) tile and the images per weight-gradient
-        program (``None``: the automatic choice)."""
-
-        def set_blocks(tile=None, images=None):
-            set_env(monkeypatch, dt.BLOCK_ENV, tile and "%d,%d,%d" % tile)
-            set_env(monkeypatch, dt.CHUNK_ENV, images)
-
-        return set_blocks
 
     # (batch, h, w, channels, k, bias, tile, images per weight-gradient program): odd grids and
     # single rows/columns (most taps out of range), channels not a multiple of the block, several
@@ -169,11 +170,13 @@ else:
         CASES += [(8, 14, 14, 384, 7, True, None, None), (1, 24, 40, 96, 7, True, None, None)]
 
     @pytest.mark.parametrize("batch,h,w,channels,k,bias,block,chunk", CASES)
-    def test_matches_reference_fp32(batch, h, w, channels, k, bias, block, chunk, blocks):
-        blocks(block, chunk)
+    def test_matches_reference_fp32(batch, h, w, channels, k, bias, block, chunk):
+        # The kernels' (rows, columns, channels) tile and the images per weight-gradient
+        # program (None: the automatic choice).
+        settings = TritonSettings(dwconv_tile=block, dwconv_wgrad_images=chunk)
         full, weight, b = make_inputs(batch, h, w, channels, k, bias)
         y_ref, g_ref, gout = run("ref", full, weight, b, (h, w), dtype=torch.float64)
-        y, grads, _ = run("triton", full, weight, b, (h, w), gout)
+        y, grads, _ = run("triton", full, weight, b, (h, w), gout, settings=settings)
         assert y.dtype == torch.float32 and y.shape == (batch, h * w, channels)
         assert y.is_contiguous()
         assert rel_err(y, y_ref) < 1e-5
@@ -182,9 +185,8 @@ else:
             assert got.shape == ref.shape and got.dtype == torch.float32, name
             assert rel_err(got, ref) < 1e-5, name
 
-    def test_bf16_input_with_fp32_parameters(blocks):
+    def test_bf16_input_with_fp32_parameters():
         """The mixer under bf16 autocast: x arrives in bf16, weight and bias stay float32."""
-        blocks()
         batch, h, w, channels, k = 2, 5, 7, 48, 7
         full, weight, b = make_inputs(batch, h, w, channels, k, dtype=torch.bfloat16)
         y_ref, g_ref, gout = run("ref", full, weight, b, (h, w), dtype=torch.float64)
@@ -196,9 +198,8 @@ else:
             assert got.dtype == dtype, name
             assert rel_err(got, ref) < 2e-2, name
 
-    def test_inference_and_partial_grads(blocks):
+    def test_inference_and_partial_grads():
         """No-grad calls save nothing and match; only weights needing grads skips dx."""
-        blocks()
         full, weight, b = make_inputs(1, 3, 4, 20, 3)
         x = full.chunk(2, dim=-1)[0]
         with torch.no_grad():
@@ -209,20 +210,20 @@ else:
         (gr,) = torch.autograd.grad(dwconv2d_silu_ref(x, w2, b, (3, 4)).sum(), [w2])
         assert rel_err(gw, gr) < 1e-5
 
-    def test_tiling_rule(monkeypatch):
-        monkeypatch.delenv(dt.BLOCK_ENV, raising=False)
+    def test_tiling_rule():
         # 14x14 (224 px): two blocks of 7 rows, 16 columns (14 used), 64 channels, 4 warps.
         assert dt.conv_tiling(14, 14, 384) == (7, 16, 64, 2, 1, 4)
         assert dt.conv_tiling(64, 64, 384) == (8, 32, 32, 8, 2, 4)
         assert dt.conv_tiling(1, 1, 8) == (1, 1, 64, 1, 1, 1)
         assert dt.conv_tiling(14, 14, 384, wgrad=True) == (7, 8, 64, 2, 2, 2)
+        assert dt.conv_tiling(14, 14, 384, tile=(2, 4, 16)) == (2, 4, 16, 7, 4, 1)
         # An H100's 132 multiprocessors, batch 128 at 14x14: 8 images per gradient program.
-        monkeypatch.delenv(dt.CHUNK_ENV, raising=False)
-        monkeypatch.setitem(dt._SMS, "cuda:0", 132)
-        assert dt._wgrad_images(128, 2 * 2 * 6, torch.device("cuda:0")) == 8
-        monkeypatch.setenv(dt.BLOCK_ENV, "9,16,64")
+        assert dt.wgrad_images(128, 2 * 2 * 6, 132) == 8
+        assert dt.wgrad_images(128, 2 * 2 * 6, 132, forced=3) == 3
         with pytest.raises(ValueError, match="rows,columns,channels"):
-            dt.conv_tiling(14, 14, 384)
+            TritonSettings().with_env({"PLAINMAMBA_DWCONV_BLOCK": "9,16,64"})
+        with pytest.raises(ValueError, match="dwconv_tile"):
+            TritonSettings(dwconv_tile=(9, 16, 64))
 
     def test_kernel_size_limit(fresh_switch):
         """Past the Triton path's largest kernel, ``auto`` takes PyTorch's path; asking for
@@ -241,7 +242,7 @@ else:
         w_t = weight.reshape(16, 9).t().contiguous().requires_grad_()
         torch.library.opcheck(
             torch.ops.plainmamba.dwconv2d_silu_fwd.default,
-            (x, w_t, b, 2, 3, 3, True),
+            (x, w_t, b, 2, 3, 3, True, dt.dwconv_tuning(TritonSettings())),
             test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
         )
 

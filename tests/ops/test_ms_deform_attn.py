@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from plainmamba.ops import ms_deform_attn, ms_deform_attn_ref
+from plainmamba.ops import MSDA_SWITCH, ms_deform_attn, ms_deform_attn_ref
 
 SHAPES = [(3, 5), (2, 3), (1, 2)]
 
@@ -86,5 +86,10 @@ def test_bad_inputs_are_named(monkeypatch):
     with pytest.raises(ValueError, match="choose one of"):
         ms_deform_attn(value, SHAPES, loc, w, impl="cuda-magic")
     monkeypatch.setenv("PLAINMAMBA_MSDA", "nope")
-    with pytest.raises(ValueError, match=r"\$PLAINMAMBA_MSDA"):
-        ms_deform_attn(value, SHAPES, loc, w)
+    MSDA_SWITCH.reset()  # the override is read once; reset() reads it again
+    try:
+        with pytest.raises(ValueError, match=r"\$PLAINMAMBA_MSDA"):
+            ms_deform_attn(value, SHAPES, loc, w)
+    finally:
+        monkeypatch.undo()
+        MSDA_SWITCH.reset()

@@ -1,9 +1,17 @@
 """Every available scan path against the float32 reference: outputs and gradients."""
 
+import warnings
 import pytest
 import torch
 
-from plainmamba.ops import available_impls, resolve_impl, zigzag_scan, zigzag_scan_ref
+from plainmamba.ops import (
+    SCAN_SWITCH,
+    assume_backends,
+    available_impls,
+    resolve_impl,
+    zigzag_scan,
+    zigzag_scan_ref,
+)
 
 FAST = [name for name in available_impls() if name != "ref"]
 DEVICE = {"numba": "cpu", "mamba": "cuda", "triton": "cuda", "chunked": "cpu"}
@@ -115,17 +123,51 @@ def test_unknown_impl_is_named():
         resolve_impl("fastest", torch.device("cpu"))
 
 
-def test_env_switch(monkeypatch):
-    monkeypatch.setenv("PLAINMAMBA_SCAN", "ref")
+@pytest.fixture
+def scan_env(monkeypatch):
+    """Set ``$PLAINMAMBA_SCAN`` and have the switch read it again (it reads it once, at import);
+    the switch reads the real environment again afterwards."""
+
+    def set_override(value):
+        if value is None:
+            monkeypatch.delenv("PLAINMAMBA_SCAN", raising=False)
+        else:
+            monkeypatch.setenv("PLAINMAMBA_SCAN", value)
+        SCAN_SWITCH.reset()
+
+    yield set_override
+    monkeypatch.undo()
+    SCAN_SWITCH.reset()
+
+
+def test_env_switch(scan_env):
+    scan_env("ref")
     assert resolve_impl(None, torch.device("cpu")) == "ref"
-    monkeypatch.setenv("PLAINMAMBA_SCAN", "bogus")
+    assert resolve_impl("numba", torch.device("cpu")) == "numba"  # the argument wins
+    scan_env("bogus")
     with pytest.raises(ValueError, match=r"\$PLAINMAMBA_SCAN"):
         resolve_impl(None, torch.device("cpu"))
 
 
-def test_auto_prefers_numba_on_cpu(monkeypatch):
-    monkeypatch.delenv("PLAINMAMBA_SCAN", raising=False)
+def test_env_override_is_read_once(monkeypatch):
+    monkeypatch.setenv("PLAINMAMBA_SCAN", "bogus")  # after import: no effect until reset()
+    assert resolve_impl(None, torch.device("cpu")) == SCAN_SWITCH.resolve(None, "cpu")
+    assert SCAN_SWITCH.env_override != "bogus"
+
+
+def test_auto_prefers_numba_on_cpu(scan_env):
+    scan_env(None)
     assert resolve_impl(None, torch.device("cpu")) == "numba"
+
+
+def test_switch_without_numba_falls_back_to_ref(scan_env):
+    scan_env(None)
+    with assume_backends(numba=False):
+        with warnings.catch_warnings():  # it warns once per process
+            warnings.simplefilter("ignore")
+            assert resolve_impl("auto", torch.device("cpu")) == "ref"
+        with pytest.raises(RuntimeError, match="pip install numba"):
+            resolve_impl("numba", torch.device("cpu"))
 
 
 @pytest.mark.skipif(

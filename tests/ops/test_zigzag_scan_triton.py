@@ -12,8 +12,8 @@ import importlib
 import pytest
 import torch
 
-from helpers import in_interpreter_child, run_under_triton_interpreter, set_env
-from plainmamba.ops import available_impls, zigzag_scan, zigzag_scan_ref
+from helpers import in_interpreter_child, run_under_triton_interpreter
+from plainmamba.ops import TritonSettings, available_impls, zigzag_scan, zigzag_scan_ref
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -21,8 +21,35 @@ _CHILD_ENV = "PLAINMAMBA_TRITON_INTERPRETER_CHILD"
 IN_CHILD = in_interpreter_child(_CHILD_ENV)
 
 
+def test_settings_reject_bad_values():
+    """Malformed tuning is refused when the settings are made, naming the field or the
+    environment variable it came from."""
+    with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_SCATTER"):
+        TritonSettings().with_env({"PLAINMAMBA_TRITON_SCATTER": "scatter"})
+    with pytest.raises(ValueError, match="fwd:160"):
+        TritonSettings().with_env({"PLAINMAMBA_TRITON_MAXNREG": "fwd:128,bwd:1"})
+    settings = TritonSettings().with_env({"PLAINMAMBA_TRITON_MAXNREG": "bf:192"})
+    assert settings.max_registers("bf") == 192 and settings.max_registers("fwd") == 160
+    with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_SCANS.*rev:2"):
+        TritonSettings().with_env({"PLAINMAMBA_TRITON_SCANS": "rev:3"})
+    with pytest.raises(ValueError, match="power of two"):
+        TritonSettings().with_env({"PLAINMAMBA_TRITON_BLOCK": "48"})
+    with pytest.raises(ValueError, match="power of two"):
+        TritonSettings(scan_block=48)
+    with pytest.raises(ValueError, match="scan_scatter"):
+        TritonSettings(scan_scatter="scatter")
+    # $..._BLOCK sets both passes unless $..._BLOCK_BWD says otherwise.
+    settings = TritonSettings().with_env({"PLAINMAMBA_TRITON_BLOCK": "64"})
+    assert settings.block() == settings.block(backward=True) == 64
+    settings = TritonSettings().with_env(
+        {"PLAINMAMBA_TRITON_BLOCK": "64", "PLAINMAMBA_TRITON_BLOCK_BWD": "16"}
+    )
+    assert (settings.block(), settings.block(backward=True)) == (64, 16)
+
+
 if not (CUDA or IN_CHILD):
 
+    @pytest.mark.slow
     def test_kernels_under_triton_interpreter():
         """Every case of this file, on CPU through the interpreter, in a fresh interpreter."""
         run_under_triton_interpreter(__file__, _CHILD_ENV)
@@ -62,15 +89,6 @@ else:
         a, b = a.double(), b.double()
         return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
-    @pytest.fixture
-    def chunk(monkeypatch):
-        """Force a chunk length (``None`` keeps the automatic one)."""
-
-        def set_chunk(length):
-            set_env(monkeypatch, zt.CHUNK_ENV, length)
-
-        return set_chunk
-
     # (batch, h, w, channels, n_state, chunk, block): odd grids, masked channels and states,
     # several channel blocks, and chunked scans whose chunks end mid-row (the last one short).
     CASES = [
@@ -90,88 +108,68 @@ else:
         ]
 
     @pytest.mark.parametrize("batch,h,w,channels,n_state,chunk_len,block", CASES)
-    def test_matches_reference_fp32(batch, h, w, channels, n_state, chunk_len, block, chunk,
-                                    monkeypatch):  # fmt: skip
-        chunk(chunk_len)
-        monkeypatch.setenv(zt.BLOCK_ENV, str(block))
+    def test_matches_reference_fp32(batch, h, w, channels, n_state, chunk_len, block):
+        settings = TritonSettings(scan_chunk=chunk_len, scan_block=block)
         inputs = make_inputs(batch, h, w, channels, n_state)
         y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
-        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
+        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout, settings=settings)
         assert y.dtype == torch.float32
         assert rel_err(y, y_ref) < 1e-5
         for name, ref in g_ref.items():
             assert grads[name].shape == ref.shape, name
             assert rel_err(grads[name], ref) < 2e-4, name
 
-    def test_atomic_scatter_matches_reference(chunk, monkeypatch):
+    def test_atomic_scatter_matches_reference():
         """The atomic-add variant of the per-token writes (y, du) gives the same results."""
-        chunk(8)
-        monkeypatch.setenv(zt.SCATTER_ENV, "atomic")
+        settings = TritonSettings(scan_chunk=8, scan_scatter="atomic")
         inputs = make_inputs(2, 5, 7, 40, 16)
         y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
-        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
+        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout, settings=settings)
         assert rel_err(y, y_ref) < 1e-5
         for name, ref in g_ref.items():
             assert rel_err(grads[name], ref) < 2e-4, name
 
     @pytest.mark.parametrize("scans", ["fwd:1,rev:1,bf:1", "fwd:2,rev:4,bf:1", "fwd:4,rev:2,bf:4"])
-    def test_scans_per_program(scans, chunk, monkeypatch):
+    def test_scans_per_program(scans):
         """Programs running 1, 2 or 4 of the scans (and different splits in the two backward
-        passes, whose partial sums are kept apart) give the same results, chunked too."""
-        chunk(4)
-        monkeypatch.setenv(zt.SCANS_ENV, scans)
+        passes, whose partial sums are kept apart) give the same results, chunked too; the
+        settings come from the environment variable's syntax here."""
+        settings = TritonSettings(scan_chunk=4).with_env({"PLAINMAMBA_TRITON_SCANS": scans})
         inputs = make_inputs(1, 3, 5, 40, 16)  # 4 chunks (the last short), 2 channel blocks
         y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
-        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
+        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout, settings=settings)
         assert rel_err(y, y_ref) < 1e-5
         for name, ref in g_ref.items():
             assert rel_err(grads[name], ref) < 2e-4, name
 
-    def test_switches_reject_bad_values(monkeypatch):
-        monkeypatch.setenv(zt.SCATTER_ENV, "scatter")
-        with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_SCATTER"):
-            zt.scatter_by_store()
-        monkeypatch.setenv(zt.MAXNREG_ENV, "fwd:128,bwd:1")
-        with pytest.raises(ValueError, match="fwd:160"):
-            zt.max_registers("fwd")
-        monkeypatch.setenv(zt.MAXNREG_ENV, "bf:192")
-        assert zt.max_registers("bf") == 192 and zt.max_registers("fwd") == 160
-        monkeypatch.setenv(zt.SCANS_ENV, "rev:3")
-        with pytest.raises(ValueError, match="PLAINMAMBA_TRITON_SCANS.*rev:2"):
-            zt.scans_per_program("rev")
-        monkeypatch.setenv(zt.BLOCK_ENV, "48")
-        with pytest.raises(ValueError, match="power of two"):
-            zt.block_channels()
-
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-    def test_half_precision_inputs(dtype, chunk):
-        chunk(8)  # chunked as well
+    def test_half_precision_inputs(dtype):
+        settings = TritonSettings(scan_chunk=8)  # chunked as well
         inputs = make_inputs(1, 5, 7, 24, 8, dtype=dtype)
         y_ref, g_ref, gout = run(zigzag_scan_ref, inputs)
-        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout)
+        y, grads, _ = run(zt.zigzag_scan_triton, inputs, gout, settings=settings)
         assert y.dtype == dtype
         assert rel_err(y, y_ref) < 2e-2
         for name, ref in g_ref.items():
             assert grads[name].dtype == inputs[name].dtype, name
             assert rel_err(grads[name], ref) < 2e-2, name
 
-    def test_inference_and_switch(chunk):
+    def test_inference_and_switch():
         """No-grad calls, and the ``impl="triton"`` switch, give the reference's output."""
-        chunk(None)
         inputs = make_inputs(2, 4, 6, 24, 16)
         with torch.no_grad():
             y_ref = zigzag_scan_ref(**inputs)
             y = zigzag_scan(**inputs, impl="triton")
         assert rel_err(y, y_ref) < 1e-5
 
-    def test_chunk_rule(monkeypatch):
-        # Batch 128 at 224 px fills an H100 with one chunk; batch 1 at 1024 px is cut into chunks.
-        monkeypatch.delenv(zt.CHUNK_ENV, raising=False)
-        monkeypatch.delenv(zt.BLOCK_ENV, raising=False)
-        monkeypatch.setitem(zt._SMS, "cuda:0", 132)  # an H100
-        assert zt._chunk_for(128, 196, 384, "cuda:0") == 196
-        chunk = zt._chunk_for(1, 4096, 384, "cuda:0")
+    def test_chunk_rule():
+        # Batch 128 at 224 px fills an H100 (132 multiprocessors) with one chunk; batch 1 at
+        # 1024 px is cut into chunks; the settings can force a length.
+        assert zt.plan_chunk(128, 196, 384, 132) == 196
+        chunk = zt.plan_chunk(1, 4096, 384, 132)
         assert chunk % 8 == 0 and 32 <= chunk <= 256
+        forced = TritonSettings(scan_chunk=24)
+        assert zt.chunk_length(1, 4096, 384, torch.device(DEVICE), forced) == 24
 
     @pytest.mark.parametrize("h,w", [(1, 1), (1, 6), (5, 1), (3, 4), (4, 3), (5, 7), (6, 6)])
     def test_visit_order_matches_scan_orders(h, w):
@@ -199,7 +197,7 @@ else:
         P = torch.randn(5, n_state, generator=g).to(DEVICE)
         A = -torch.ones(7, n_state, device=DEVICE)
         od = zt.order_table(h, w, torch.device(DEVICE))
-        a2, table = zt._state_params(A, B, C, P, od, n_pad)
+        a2, table = zt.state_params(A, B, C, P, od, n_pad)
         assert tuple(table.shape) == (batch, h * w, 5, n_pad) and table.dtype == torch.float32
         assert tuple(a2.shape) == (n_pad, 7)
         table = table.cpu()
@@ -209,11 +207,10 @@ else:
         torch.testing.assert_close(table[..., 4, :n_state], C.float().cpu())
         assert not table[..., n_state:].any()
 
-    def test_compiles_without_graph_breaks(chunk):
+    def test_compiles_without_graph_breaks():
         """The mixer with the Triton path compiles as one graph (opaque custom op, fake impls)."""
         from plainmamba.modeling.plainmamba import PlainMambaMixer
 
-        chunk(None)
         torch.manual_seed(0)
         mixer = PlainMambaMixer(16, d_state=4, scan_impl="triton").to(DEVICE)
         x = torch.randn(2, 15, 16, device=DEVICE, requires_grad=True)
@@ -228,12 +225,11 @@ else:
 
     if CUDA:
 
-        def test_cuda_graph_replay(chunk):
+        def test_cuda_graph_replay():
             """Under torch.compile's CUDA graphs the mixer replays with the same output: nothing
             the scan allocates outlives a call (the earlier cached order table did)."""
             from plainmamba.modeling.plainmamba import PlainMambaMixer
 
-            chunk(None)
             torch.manual_seed(0)
             mixer = PlainMambaMixer(32, d_state=16, scan_impl="triton").to(DEVICE).eval()
             torch._dynamo.reset()
@@ -251,6 +247,7 @@ else:
         args = (
             inputs["u"].requires_grad_(), inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
             inputs["D"].to(f32), inputs["direction_Bs"], inputs["delta_bias"], 2, 3, 6,
+            list(zt.scan_tuning(TritonSettings())),
         )  # fmt: skip
         torch.library.opcheck(
             torch.ops.plainmamba.zigzag_scan_fwd.default,
@@ -263,9 +260,8 @@ else:
         @pytest.mark.parametrize(
             "batch,h,w,dtype", [(8, 14, 14, torch.float32), (8, 14, 14, torch.bfloat16)]
         )
-        def test_agrees_with_mamba_ssm(batch, h, w, dtype, chunk):
+        def test_agrees_with_mamba_ssm(batch, h, w, dtype):
             """On a GPU with mamba-ssm: same outputs and gradients as the released kernel path."""
-            chunk(None)
             inputs = make_inputs(batch, h, w, 384, 16, dtype=dtype)
             y_m, g_m, gout = run(zigzag_scan, inputs, impl="mamba")
             y_t, g_t, _ = run(zigzag_scan, inputs, gout, impl="triton")

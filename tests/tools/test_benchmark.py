@@ -26,6 +26,7 @@ FIELDS = {
 }
 
 
+@pytest.mark.slow
 def test_trunk_both_modes_two_paths_json_and_plot(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     code, log = run_script(
@@ -89,6 +90,7 @@ def test_trunk_both_modes_two_paths_json_and_plot(tmp_path):
         assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 200
 
 
+@pytest.mark.slow
 def test_default_run_compares_with_deit_tiny(tmp_path):
     out = tmp_path / "bench.json"
     code, log = run_script(
@@ -134,3 +136,29 @@ def test_compile_modes_parse():
     assert parse(["--compile", "reduce-overhead", "--mode", "train"]).compile == "reduce-overhead"
     with pytest.raises(SystemExit):
         parse(["--compile", "fastest"])
+
+
+def test_ops_report_names_settings_and_overrides():
+    """The report carries the Triton settings in use and the override variables that were set
+    when the package was imported (none in this process unless the caller set some)."""
+    import torch
+
+    from plainmamba.ops import all_switches, env_overrides, triton_settings
+
+    spec = importlib.util.spec_from_file_location("plainmamba_benchmark_tool3", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    report = module.ops_report(torch.device("cpu"))
+    assert report["triton_settings"] == triton_settings("cpu").as_dict()
+    expected = {v: s.env_override for v, s in all_switches().items() if s.env_override}
+    expected.update(env_overrides())
+    assert report["env_overrides"] == expected
+    assert set(report["default_paths"]) == {
+        "selective-scan",
+        "depthwise-conv",
+        "deformable-attention",
+    }

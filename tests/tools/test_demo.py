@@ -43,6 +43,7 @@ def _diff(a, b):
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
+@pytest.mark.slow
 def test_detector_draws_instances_and_reports_unreadable_inputs(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -78,6 +79,7 @@ def test_detector_draws_instances_and_reports_unreadable_inputs(tmp_path):
         assert _diff(drawn, source) > 5  # boxes, masks and labels cover the image
 
 
+@pytest.mark.slow
 def test_segmentor_draws_label_map_and_legend(tmp_path):
     source = _scene(tmp_path / "scene.png", 192, 128)
     out = tmp_path / "vis"
@@ -95,6 +97,7 @@ def test_segmentor_draws_label_map_and_legend(tmp_path):
     assert (legend < 250).any(axis=2).mean() > 0.01  # swatches and names, not a blank panel
 
 
+@pytest.mark.slow
 def test_classifier_prints_and_draws_top5(tmp_path):
     source = _scene(tmp_path / "photo.jpg.png", 180, 140)
     target = tmp_path / "out" / "photo_top5.png"
@@ -125,6 +128,7 @@ def test_classifier_prints_and_draws_top5(tmp_path):
     assert _diff(drawn[-height // 4 :, -width // 4 :], source[-height // 4 :, -width // 4 :]) < 3
 
 
+@pytest.mark.slow
 def test_video_is_drawn_frame_by_frame(tmp_path):
     import cv2
 
@@ -163,6 +167,7 @@ def test_video_is_drawn_frame_by_frame(tmp_path):
     assert frames[0].shape[0] == 96 and frames[0].shape[1] > 160  # with the legend panel
 
 
+@pytest.mark.slow
 def test_webcam_that_cannot_open_gives_a_message(tmp_path):
     code, log = run_script(
         [DEMO, "--webcam", "--camera-index", "97", "--output", tmp_path / "cam.mp4"],
@@ -174,6 +179,7 @@ def test_webcam_that_cannot_open_gives_a_message(tmp_path):
     assert not (tmp_path / "cam.mp4").exists()
 
 
+@pytest.mark.slow
 def test_unknown_config_and_bad_override_are_usage_errors(tmp_path):
     _scene(tmp_path / "a.png", 64, 64)
     code, log = run_script(

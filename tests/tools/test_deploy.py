@@ -167,6 +167,7 @@ def _check(exported, key):
     return dict(zip(item["outputs"], got)), info
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_torchscript_matches_eager(exported, name):
     outputs, _ = _check(exported, f"{name}:torchscript:model")
@@ -174,6 +175,7 @@ def test_torchscript_matches_eager(exported, name):
         assert len(outputs["scores"]) > 0, "no detections to compare"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_onnx_matches_eager(exported, name):
     outputs, info = _check(exported, f"{name}:onnx:model")
@@ -187,6 +189,7 @@ def test_onnx_matches_eager(exported, name):
         assert outputs["pred_masks"].shape[1:] == (1, 28, 28)
 
 
+@pytest.mark.slow
 def test_onnx_backbone_fpn_matches_eager(exported):
     """``--parts backbone_fpn``: the adapter and FPN alone, image in, p2..p6 out."""
     outputs, info = _check(exported, "mask_rcnn:onnx:backbone_fpn")
@@ -194,6 +197,7 @@ def test_onnx_backbone_fpn_matches_eager(exported):
     assert sorted(outputs) == ["p2", "p3", "p4", "p5", "p6"]
 
 
+@pytest.mark.slow
 def test_cli_switches_paths_and_checks(exported):
     log = exported["cls"]["log"]
     assert "selective scan -> 'chunked'" in log

@@ -24,8 +24,11 @@ import logging
 import os
 import sys
 import time
-import warnings
 from typing import List, Optional
+
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
 
 DEFAULT_SIZES = {"classification": None, "segmentation": (512, 512), "detection": (800, 800)}
 
@@ -81,8 +84,6 @@ def fail(message: str) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Detectron2 marks functions with torch.jit.script_if_tracing, which warns on import.
-    warnings.filterwarnings("ignore", message=".*torch.jit.(script|load).* is deprecated")
     from plainmamba import deploy
 
     # Everything that can be refused is refused before a model is built.

@@ -19,5 +19,7 @@ backbone = L(PlainMamba)(
     drop_path_rate=0.0,
     out_indices=[-1],
     final_norm=True,
-    scan_impl=None,  # None: $PLAINMAMBA_SCAN, else numba on CPU, the Triton kernel on CUDA
+    # Operator paths (docs/ops.md); None: the environment override if set, else "auto".
+    scan_impl=None,  # auto: numba on CPU, the Triton kernel on CUDA
+    dwconv_impl=None,  # auto: the Triton kernel on CUDA, PyTorch's convolution on CPU
 )

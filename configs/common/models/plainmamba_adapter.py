@@ -48,5 +48,6 @@ adapter = L(PlainMambaAdapter)(
     # trunk's stem and L1's layer-0 BatchNorms take the adapter's norm too.
     trunk_norm="${.norm}",
     out_features=["res2", "res3", "res4", "res5"],
+    msda_impl=None,  # deformable-attention path (docs/ops.md); None: $PLAINMAMBA_MSDA, else auto
 )
 adapter.trunk.update(ADAPTER_L1["trunk"])
