@@ -48,4 +48,6 @@ train.update(
     ema=dict(enabled=True, decay=0.99),
     epochs=None,
     iters_per_epoch=None,
+    # A fixed seed (model initialisation, sampling and augmentation), so that a run repeats.
+    seed=0,
 )

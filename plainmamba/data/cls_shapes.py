@@ -15,21 +15,28 @@ same bytes), so both data paths of the classification trainer can be exercised o
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .classification import (
     create_lmdb_dataset,
     load_image_folder,
     register_classification_dataset,
 )
-from .shapes import _outline, _write_json, make_once_per_machine
+from .paths import datasets_root
+from .shapes_draw import (
+    cross_outline,
+    finished_with,
+    make_once_per_machine,
+    polygon_mask,
+    shape_outline,
+    write_json_atomic,
+)
 
 __all__ = [
     "CLS_SHAPE_CLASSES",
@@ -50,18 +57,7 @@ _MAX_TILT = math.radians(15)
 
 def default_shapes_cls_root() -> Path:
     """``$DETECTRON2_DATASETS/shapes_cls``, else ``datasets/shapes_cls``."""
-    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "shapes_cls"
-
-
-def _cross(cx: float, cy: float, size: float, angle: float) -> np.ndarray:
-    """The 12 vertices of a plus sign ``size`` wide with arms a third of that."""
-    a, b = size / 6, size / 2
-    pts = np.array(
-        [(a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
-        + [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a)]
-    )
-    c, s = math.cos(angle), math.sin(angle)
-    return pts @ np.array([[c, s], [-s, c]]) + np.array([cx, cy])
+    return datasets_root() / "shapes_cls"
 
 
 def _shape_mask(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -71,11 +67,11 @@ def _shape_mask(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
         math.pi if kind == "triangle" and rng.random() < 0.5 else 0.0
     )
     if kind in ("circle", "ring"):
-        pts = _outline("circle", 0.0, 0.0, 1.0, 0.0)
+        pts = shape_outline("circle", 0.0, 0.0, 1.0, 0.0)
     elif kind == "cross":
-        pts = _cross(0.0, 0.0, 1.0, angle)
+        pts = cross_outline(0.0, 0.0, 1.0, angle)
     else:
-        pts = _outline(kind, 0.0, 0.0, 1.0, angle)
+        pts = shape_outline(kind, 0.0, 0.0, 1.0, angle)
     # Scale by the bounding box, not the side, so a rotated square still fits the image.
     span = (pts.max(0) - pts.min(0)).max()
     scale = rng.uniform(0.55, 0.85) * (size - 3) / span
@@ -85,14 +81,13 @@ def _shape_mask(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
     shift = np.array(
         [rng.uniform(1 - lo[0], size - 2 - hi[0]), rng.uniform(1 - lo[1], size - 2 - hi[1])]
     )
-    mask = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(mask)
-    draw.polygon([tuple(p) for p in pts + shift], fill=255)
+    holes = []
     if kind == "ring":
         # The hole shows the background, so a ring is not just a differently coloured disc.
-        inner = _outline("circle", shift[0], shift[1], scale * rng.uniform(0.45, 0.6), 0.0)
-        draw.polygon([tuple(p) for p in inner], fill=0)
-    return np.asarray(mask) > 0
+        holes.append(
+            shape_outline("circle", shift[0], shift[1], scale * rng.uniform(0.45, 0.6), 0.0)
+        )
+    return polygon_mask(size, size, pts + shift, holes)
 
 
 def _render(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
@@ -146,12 +141,8 @@ def make_shapes_classification(
         "seed": seed,
     }
     meta_path = root / f"meta_{split}.json"
-    if meta_path.is_file() and image_dir.is_dir() and lmdb_path.is_dir():
-        try:
-            if json.loads(meta_path.read_text()) == args:
-                return result
-        except ValueError:
-            pass
+    if image_dir.is_dir() and lmdb_path.is_dir() and finished_with(meta_path, args):
+        return result
 
     # The marker goes first and comes back last, so an interrupted run is redone next time.
     meta_path.unlink(missing_ok=True)
@@ -172,7 +163,7 @@ def make_shapes_classification(
     create_lmdb_dataset(
         records, lmdb_path, CLS_SHAPE_CLASSES, map_size=64 << 20, commit_every=4096, overwrite=True
     )
-    _write_json(meta_path, args)
+    write_json_atomic(meta_path, args)
     return result
 
 

@@ -12,16 +12,24 @@ The layout is Detectron2's ``load_sem_seg`` one: ``images/{train,val}/<name>.png
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .shapes import _background, _outline, _shape_colour, _write_json, make_once_per_machine
+from .paths import datasets_root
+from .shapes_draw import (
+    contrasting_colour,
+    disc_mask,
+    finished_with,
+    make_once_per_machine,
+    polygon_mask,
+    shape_outline,
+    textured_background,
+    write_json_atomic,
+)
 
 __all__ = [
     "SEG_SHAPE_CLASSES",
@@ -46,38 +54,11 @@ def _split_dirs(root: Path, split: str) -> tuple[Path, Path]:
     return root / "images" / split, root / "labels" / split
 
 
-def _textured_background(
-    rng: np.random.Generator, h: int, w: int
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """An HxWx3 uint8 texture and the colours a shape must contrast with."""
-    kind = rng.integers(4)
-    if kind < 2:
-        # Gradient or noise, as in the detection shapes.
-        return _background(rng, h, w)
-    a = rng.uniform(0, 255, size=3)
-    b = np.clip(a + rng.uniform(-90, 90, size=3), 0, 255)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    if kind == 2:
-        angle = rng.uniform(0, math.pi)
-        period = rng.uniform(6, 24)
-        t = xx * math.cos(angle) + yy * math.sin(angle)
-        # Soft stripes: a sinusoid between the two colours.
-        mix = 0.5 + 0.5 * np.sin(2 * math.pi * t / period)
-    else:
-        cell = int(rng.integers(6, 20))
-        mix = ((xx // cell + yy // cell) % 2).astype(np.float64)
-    img = a[None, None, :] * (1 - mix[..., None]) + b[None, None, :] * mix[..., None]
-    img += rng.normal(0, 4, size=img.shape)
-    return np.clip(img, 0, 255).round().astype(np.uint8), [a, b, (a + b) / 2]
-
-
 def _shape_mask(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A boolean HxW mask of one shape placed fully inside the image."""
     short = min(h, w)
     size = rng.uniform(0.2, 0.55) * short
     angle = rng.uniform(0, 2 * math.pi)
-    canvas = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(canvas)
     # Centre so the circumscribed circle stays one pixel inside the image.
     if kind in ("circle", "ring"):
         radius = size / 2
@@ -85,20 +66,15 @@ def _shape_mask(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarr
         radius = size / math.sqrt(3 if kind == "triangle" else 2)
     cx = rng.uniform(1 + radius, max(w - 1 - radius, 1 + radius))
     cy = rng.uniform(1 + radius, max(h - 1 - radius, 1 + radius))
-    if kind in ("circle", "ring"):
-        r = size / 2
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
-        if kind == "ring":
-            inner = r * rng.uniform(0.4, 0.65)
-            draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=0)
-    else:
-        pts = _outline(kind, cx, cy, size, angle)
-        draw.polygon([tuple(p) for p in pts.tolist()], fill=1)
-    return np.asarray(canvas, dtype=bool)
+    if kind == "circle":
+        return disc_mask(h, w, cx, cy, size / 2)
+    if kind == "ring":
+        return disc_mask(h, w, cx, cy, size / 2, hole=size / 2 * rng.uniform(0.4, 0.65))
+    return polygon_mask(h, w, shape_outline(kind, cx, cy, size, angle))
 
 
 def _render_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    pixels, refs = _textured_background(rng, h, w)
+    pixels, refs = textured_background(rng, h, w)
     label = np.zeros((h, w), np.uint8)
     ignore = np.zeros((h, w), bool)
     kernel = np.ones((3, 3), np.uint8)
@@ -107,7 +83,7 @@ def _render_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, 
         mask = _shape_mask(SEG_SHAPE_CLASSES[cls], rng, h, w)
         if not mask.any():
             continue
-        colour = np.asarray(_shape_colour(rng, refs), np.float64)
+        colour = np.asarray(contrasting_colour(rng, refs), np.float64)
         fill = colour + rng.normal(0, 6, size=(int(mask.sum()), 3))
         pixels[mask] = np.clip(fill, 0, 255).round().astype(np.uint8)
         label[mask] = cls
@@ -173,13 +149,8 @@ def make_shapes_semseg(
         "seed": seed,
     }
     meta_path = root / "meta.json"
-    if meta_path.is_file() and all(Path(d).is_dir() for d in result.values()):
-        try:
-            same = json.loads(meta_path.read_text()) == args
-        except ValueError:
-            same = False
-        if same:
-            return result
+    if all(Path(d).is_dir() for d in result.values()) and finished_with(meta_path, args):
+        return result
 
     # meta.json marks a finished data set, so it goes first and is written again last.
     root.mkdir(parents=True, exist_ok=True)
@@ -188,7 +159,7 @@ def make_shapes_semseg(
     train_ss, val_ss = np.random.SeedSequence(seed).spawn(2)
     for split, num, ss in (("train", num_train, train_ss), ("val", num_val, val_ss)):
         _render_split(split, root, np.random.default_rng(ss), num, min_size, max_size)
-    _write_json(meta_path, args)
+    write_json_atomic(meta_path, args)
     return result
 
 
@@ -232,7 +203,7 @@ def register_shapes_semseg(root: str | Path, prefix: str = "shapes_seg") -> tupl
 
 def default_shapes_semseg_root() -> Path:
     """``$DETECTRON2_DATASETS/shapes_seg``, else ``datasets/shapes_seg``."""
-    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "shapes_seg"
+    return datasets_root() / "shapes_seg"
 
 
 def shapes_semseg_dataset(

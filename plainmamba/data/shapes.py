@@ -8,16 +8,23 @@ shape's visible outline and bbox/area/segmentation agree with the pixels.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
+
+from .paths import datasets_root
+from .shapes_draw import (
+    contrasting_colour,
+    finished_with,
+    make_once_per_machine,
+    plain_background,
+    shape_outline,
+    write_json_atomic,
+)
 
 __all__ = ["SHAPE_CLASSES", "make_shapes_coco", "register_shapes"]
 
@@ -25,9 +32,6 @@ SHAPE_CLASSES = ("circle", "square", "triangle")
 
 # Bump when the rendering changes, so that an old data set on disk is not mistaken for a new one.
 _FORMAT_VERSION = 1
-_CIRCLE_VERTICES = 32
-# Minimum RGB distance between a shape's colour and every background colour it may sit on.
-_MIN_CONTRAST = 120.0
 _PLACEMENT_TRIES = 60
 
 
@@ -39,49 +43,6 @@ def _split_paths(root: Path) -> dict:
         "train_dir": root / "train",
         "val_dir": root / "val",
     }
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """An HxWx3 uint8 background and the colours a shape must contrast with."""
-    base = rng.uniform(0, 255, size=3)
-    if rng.random() < 0.5:
-        # A gentle linear gradient; the end colour stays near the start so one shape colour can
-        # contrast with the whole of it.
-        end = np.clip(base + rng.uniform(-50, 50, size=3), 0, 255)
-        angle = rng.uniform(0, 2 * math.pi)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-        t = xx * math.cos(angle) + yy * math.sin(angle)
-        t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
-        img = base[None, None, :] * (1 - t[..., None]) + end[None, None, :] * t[..., None]
-        refs = [base, end]
-    else:
-        std = rng.uniform(5, 25)
-        img = base[None, None, :] + rng.normal(0, std, size=(h, w, 3))
-        # Noise spreads the background by about 2 std either way; demand contrast with that too.
-        refs = [np.clip(base + s * 2 * std, 0, 255) for s in (-1.0, 0.0, 1.0)]
-    return np.clip(img, 0, 255).round().astype(np.uint8), refs
-
-
-def _shape_colour(rng: np.random.Generator, refs: list[np.ndarray]) -> tuple[int, int, int]:
-    for _ in range(100):
-        c = rng.uniform(0, 255, size=3)
-        if all(np.linalg.norm(c - r) >= _MIN_CONTRAST for r in refs):
-            return tuple(int(v) for v in c.round())
-    # Rare fallback: the complement of the mean background is far from it in every channel.
-    mean = np.mean(refs, axis=0)
-    return tuple(int(v) for v in np.where(mean < 128, 255, 0))
-
-
-def _outline(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
-    """Vertices (N, 2) of a circle of diameter ``size`` or a polygon of side ``size``."""
-    if kind == "circle":
-        n, angle, r = _CIRCLE_VERTICES, 0.0, size / 2
-    elif kind == "square":
-        n, r = 4, size / math.sqrt(2)
-    else:
-        n, r = 3, size / math.sqrt(3)
-    t = angle + np.arange(n) * (2 * math.pi / n)
-    return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], axis=1)
 
 
 def _boxes_touch(a: tuple, b: tuple, gap: float = 2.0) -> bool:
@@ -100,7 +61,7 @@ def _place_shapes(rng: np.random.Generator, h: int, w: int, count: int) -> list[
             cat = int(rng.integers(len(SHAPE_CLASSES)))
             size = rng.uniform(0.15, 0.45) * short
             angle = rng.uniform(0, 2 * math.pi)
-            pts = _outline(SHAPE_CLASSES[cat], 0.0, 0.0, size, angle)
+            pts = shape_outline(SHAPE_CLASSES[cat], 0.0, 0.0, size, angle)
             lo, hi = pts.min(0), pts.max(0)
             # Keep one pixel clear of the border so rasterised masks never touch the edge.
             cx = rng.uniform(1 - lo[0], w - 1 - hi[0])
@@ -133,7 +94,7 @@ def _render_split(
     images, annotations = [], []
     for i in range(num):
         h, w = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-        pixels, refs = _background(rng, h, w)
+        pixels, refs = plain_background(rng, h, w)
         image_id = i + 1
         file_name = f"{split}_{i:05d}.png"
         shapes = (
@@ -148,7 +109,7 @@ def _render_split(
                 # pycocotools' decode trips a numpy 2 copy-keyword DeprecationWarning.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 mask = mask_utils.decode(rle)[..., 0].astype(bool)
-            pixels[mask] = _shape_colour(rng, refs)
+            pixels[mask] = contrasting_colour(rng, refs)
             # The bbox bounds the polygon as stored (rounded), so it is exactly tight.
             x0, y0 = np.reshape(flat, (-1, 2)).min(0)
             x1, y1 = np.reshape(flat, (-1, 2)).max(0)
@@ -171,13 +132,6 @@ def _render_split(
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
     }
-
-
-def _write_json(path: Path, data: dict) -> None:
-    # Write then rename, so an interrupted run never leaves a half-written file that looks finished.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def make_shapes_coco(
@@ -217,13 +171,12 @@ def make_shapes_coco(
     }
     meta_path = root / "meta.json"
     result = {k: str(v) for k, v in paths.items()}
-    if meta_path.is_file() and paths["train_json"].is_file() and paths["val_json"].is_file():
-        try:
-            same = json.loads(meta_path.read_text()) == args
-        except ValueError:
-            same = False
-        if same:
-            return result
+    if (
+        paths["train_json"].is_file()
+        and paths["val_json"].is_file()
+        and finished_with(meta_path, args)
+    ):
+        return result
 
     # meta.json marks a finished data set, so it goes first and is written again last.
     meta_path.unlink(missing_ok=True)
@@ -246,8 +199,8 @@ def make_shapes_coco(
             max_shapes,
             empty_fraction,
         )
-        _write_json(paths[f"{split}_json"], coco)
-    _write_json(meta_path, args)
+        write_json_atomic(paths[f"{split}_json"], coco)
+    write_json_atomic(meta_path, args)
     return result
 
 
@@ -286,22 +239,9 @@ def register_shapes(root: str | Path, prefix: str = "shapes") -> tuple[str, str]
     return names[0], names[1]
 
 
-def make_once_per_machine(
-    make: Callable[..., dict], root: str | Path, split: str, caller: str, **kwargs
-) -> None:
-    """Run a data-set generator on the first process of each machine; the others wait for it."""
-    from detectron2.utils import comm
-
-    if split not in ("train", "val"):
-        raise ValueError(f"{caller}: split must be 'train' or 'val', got {split!r}")
-    if comm.get_local_rank() == 0:
-        make(root, **kwargs)
-    comm.synchronize()
-
-
 def default_shapes_root() -> Path:
     """``$DETECTRON2_DATASETS/shapes`` (Detectron2's data-set root variable), else ``datasets/shapes``."""
-    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "shapes"
+    return datasets_root() / "shapes"
 
 
 def shapes_dataset(

@@ -15,6 +15,10 @@ import os
 import sys
 import time
 
+from plainmamba.known_warnings import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # before Detectron2 and timm are imported
+
 import numpy as np
 import torch
 from PIL import Image

@@ -247,3 +247,52 @@ def test_mapper_on_generated_data(shapes_root):
         out = mapper(d)
         assert len(out["instances"]) == len(d["annotations"])
         assert out["image"].shape[1:] == (d["height"], d["width"])
+
+
+def test_shared_drawing_helpers():
+    """The three generated sets draw with one module's helpers, and those behave as documented."""
+    import inspect
+
+    from plainmamba.data import cls_shapes, seg_shapes, shapes, shapes_draw
+
+    for module in (shapes, seg_shapes, cls_shapes):
+        source = inspect.getsource(module)
+        assert "from .shapes_draw import" in source
+        for helper in ("def _background", "def _outline", "def _shape_colour", "def _write_json"):
+            assert helper not in source, (module.__name__, helper)
+
+    rng = np.random.default_rng(0)
+    pixels, refs = shapes_draw.textured_background(rng, 37, 51)
+    assert pixels.shape == (37, 51, 3) and pixels.dtype == np.uint8 and len(refs) >= 2
+    colour = np.array(shapes_draw.contrasting_colour(rng, refs))
+    assert all(np.linalg.norm(colour - r) >= shapes_draw.MIN_CONTRAST - 1 for r in refs)
+
+    square = shapes_draw.shape_outline("square", 20.0, 20.0, 10.0, 0.3)
+    assert square.shape == (4, 2)
+    assert np.allclose(np.linalg.norm(square[1] - square[0]), 10.0)
+    assert shapes_draw.shape_outline("circle", 0, 0, 4, 1.0).shape == (
+        shapes_draw.CIRCLE_VERTICES,
+        2,
+    )
+    assert shapes_draw.cross_outline(0, 0, 6, 0).shape == (12, 2)
+    with pytest.raises(ValueError, match="hexagon"):
+        shapes_draw.shape_outline("hexagon", 0, 0, 1, 0)
+
+    full = shapes_draw.polygon_mask(40, 40, square)
+    holed = shapes_draw.polygon_mask(40, 40, square, holes=[square * 0.5 + 10])
+    assert 80 <= full.sum() <= 130 and holed.sum() < full.sum()
+    disc = shapes_draw.disc_mask(40, 40, 20, 20, 10)
+    ring = shapes_draw.disc_mask(40, 40, 20, 20, 10, hole=5)
+    assert abs(disc.sum() - math.pi * 100) < 40 and not ring[20, 20] and disc[20, 20]
+
+
+def test_finished_marker(tmp_path):
+    from plainmamba.data.shapes_draw import finished_with, write_json_atomic
+
+    meta = tmp_path / "meta.json"
+    assert not finished_with(meta, {"seed": 0})
+    write_json_atomic(meta, {"seed": 0})
+    assert finished_with(meta, {"seed": 0}) and not finished_with(meta, {"seed": 1})
+    assert not list(tmp_path.glob("*.tmp"))
+    meta.write_text("{not json")
+    assert not finished_with(meta, {"seed": 0})

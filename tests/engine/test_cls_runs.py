@@ -29,6 +29,7 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.mark.slow
 def test_tiny_classifier_learns(tmp_path, data_root):
     """The quick start, shortened: top-1 of the model and of its EMA far above chance (20%)."""
     out = tmp_path / "demo"
@@ -39,6 +40,10 @@ def test_tiny_classifier_learns(tmp_path, data_root):
             out,
             "--num-vis",
             "2",
+            # One thread: on a machine that other jobs keep busy, two threads on two cores ran
+            # 3-4 s a step and the run outlasted the timeout; one thread is also fine when quiet.
+            "--threads",
+            "1",
             "train.max_iter=300",
             "train.eval_period=300",
         ],
@@ -73,6 +78,7 @@ def _assert_same(a, b, path=""):
         assert a == b, path
 
 
+@pytest.mark.slow
 def test_crash_and_resume_continues_exactly(tmp_path, data_root):
     """SIGKILL mid-run, then --resume: the run ends where an uninterrupted one does, with
     bit-identical weights, EMA, optimizer and scheduler state, augmentation and all."""
@@ -113,6 +119,7 @@ def test_crash_and_resume_continues_exactly(tmp_path, data_root):
     assert not torch.allclose(a["ema"]["head.fc.weight"], a["model"]["head.fc.weight"])
 
 
+@pytest.mark.slow
 def test_two_process_training_gathers_evaluation(tmp_path, data_root):
     out = tmp_path / "ddp"
     code, log = run_script(
@@ -139,6 +146,7 @@ def test_two_process_training_gathers_evaluation(tmp_path, data_root):
     assert (out / "model_final.pth").is_file()
 
 
+@pytest.mark.slow
 def test_eval_only_on_a_released_checkpoint(tmp_path, data_root):
     """A released-format (MMClassification) file, converted or read directly, evaluates through
     the trainer's evaluator with the same top-1 as a forward pass computed here."""

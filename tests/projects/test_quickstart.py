@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import REPO
+from plainmamba.model_zoo import ZOO
 
 SCRIPT = REPO / "projects" / "quickstart" / "quickstart.py"
 
@@ -17,15 +18,18 @@ def run(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_quickstart_prints_shapes_params_and_time():
     proc = run()
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "backbone 7.36 M" in out
+    counted = ZOO["ImageNet/plainmamba_l1_300e.py"].measured["params_m"]
+    assert f"backbone {counted:.2f} M" in out
     assert "layer23  (1, 192, 14, 19)" in out and "logits   (1, 1000)" in out
     assert "ms per image" in out
 
 
+@pytest.mark.slow
 def test_quickstart_with_weights_and_bad_image(tmp_path, fixtures_dir):
     keys = json.loads((fixtures_dir / "official_keys.json").read_text())["cls_L1"]
     state = {k: torch.randn(v) if v else torch.tensor(1) for k, v in keys.items()}

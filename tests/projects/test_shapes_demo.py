@@ -4,9 +4,12 @@ import json
 import os
 import re
 
+import pytest
 from PIL import Image
 
 from helpers import run_script
+
+CAPTION = 22  # projects/quickstart/demo_utils.py: CAPTION_HEIGHT
 
 SHORT = [
     "train.max_iter=3",
@@ -16,6 +19,7 @@ SHORT = [
 ]
 
 
+@pytest.mark.slow
 def test_shapes_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     code, log = run_script(
@@ -41,10 +45,12 @@ def test_shapes_demo_runs_end_to_end(tmp_path):
     sizes = {os.path.splitext(i["file_name"])[0].split("/")[-1]: i for i in images["images"]}
     with Image.open(pngs[0]) as im:
         meta = sizes[pngs[0].stem]
-        # ground truth and prediction side by side, each drawn at 3x
-        assert (im.width, im.height) == (2 * 3 * meta["width"], 3 * meta["height"])
+        # ground truth and prediction side by side, each drawn at 3x under a caption strip
+        assert (im.width, im.height) == (2 * 3 * meta["width"], 3 * meta["height"] + CAPTION)
+    assert "seed 0" in log
 
 
+@pytest.mark.slow
 def test_shapes_segmentation_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "seg"
     code, log = run_script(
@@ -68,6 +74,7 @@ def test_shapes_segmentation_demo_runs_end_to_end(tmp_path):
         assert im.width % 2 == 0 and im.mode == "RGB"
 
 
+@pytest.mark.slow
 def test_shapes_segmentation_learns(tmp_path):
     """A shortened quick-start run: mIoU must rise clearly above predicting background."""
     out = tmp_path / "seg"
@@ -78,6 +85,8 @@ def test_shapes_segmentation_learns(tmp_path):
             out,
             "--num-vis",
             "0",
+            "--threads",
+            "1",  # robust on a busy machine (see tests/engine/test_cls_runs.py)
             "train.max_iter=300",
             "train.eval_period=300",
             "train.checkpointer.period=300",
