@@ -20,7 +20,7 @@ from timm.layers import DropPath, trunc_normal_
 
 from ..ops import dwconv2d_silu, zigzag_scan
 from ..ops.switch import counting_active
-from ..ops.zigzag_scan import SCAN_SWITCH
+from ..ops.zigzag_scan import fuses_gate
 
 __all__ = ["PlainMamba", "PlainMambaLayer", "PlainMambaMixer", "ConvPatchEmbed", "check_images"]
 
@@ -240,33 +240,18 @@ class PlainMambaMixer(nn.Module):
         xs = dwconv2d_silu(xs, self.conv2d.weight, self.conv2d.bias, hw, impl=self.dwconv_impl)
         dt, Bs, Cs = self.project(xs, pad_rows=xs.is_cuda)
         A = -torch.exp(self.A_log.float())
-        if self._fused_cpu_inference(x):
-            # One Numba kernel: softplus, the four scans, D * u and the gate y * silu(z).
-            from ..ops.zigzag_scan_numba import zigzag_scan_gated_numba
-
-            y = zigzag_scan_gated_numba(
-                xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw, z
-            )
-            return self.out_proj(y)
+        # The gate y * silu(z) goes to the scan: on the CPU in inference one Numba kernel runs
+        # the softplus, the four scans, D * u and the gate (unless cpu_fast_paths is off).
         y = zigzag_scan(
-            xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw, impl=self.scan_impl
-        )
-        return self.out_proj(y * F.silu(z))
+            xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw,
+            impl=self.scan_impl, gate=z, fuse_gate=self.cpu_fast_paths,
+        )  # fmt: skip
+        return self.out_proj(y)
 
     def _fused_cpu_inference(self, x: torch.Tensor) -> bool:
-        """Whether this call takes the fused CPU inference kernel: CPU, no autograd, the
-        ``numba`` scan path, d_state 16, and not traced, compiled or counted."""
-        return (
-            self.cpu_fast_paths
-            and x.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and self.d_state == 16
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling()
-            and not counting_active()
-            and SCAN_SWITCH.resolved(self.scan_impl, "cpu")[0] == "numba"
-        )
+        """Whether a call on ``x`` runs the scan and the gate as one kernel (for tests)."""
+        A = self.A_log.detach()  # only its shape counts
+        return self.cpu_fast_paths and fuses_gate(x, A, self.scan_impl)
 
 
 class PlainMambaLayer(nn.Module):

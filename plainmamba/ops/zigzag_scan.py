@@ -212,6 +212,8 @@ def _load(name: str) -> Callable[..., torch.Tensor]:
 
 
 _IMPLS: Dict[str, Callable[..., torch.Tensor]] = {}
+# The state size of the numba path's fused kernels (zigzag_scan_numba._NS).
+GATED_D_STATE = 16
 
 
 def _run(
@@ -248,18 +250,42 @@ def zigzag_scan(
     hw: Tuple[int, int],
     impl: Optional[str] = None,
     triton_settings: Optional[TritonSettings] = None,
+    gate: Optional[torch.Tensor] = None,
+    fuse_gate: bool = True,
 ) -> torch.Tensor:
     """Four-direction zig-zag selective scan; see the module docstring for shapes and ``impl``.
 
     The grid is checked here, once, for every path. ``triton_settings`` tunes the Triton path
-    (default: :func:`plainmamba.ops.tuning.triton_settings`).
+    (default: :func:`plainmamba.ops.tuning.triton_settings`). With ``gate`` (batch, L, E) the
+    result is ``y * silu(gate)``; where :func:`fuses_gate` says so (CPU inference on the
+    ``numba`` path, unless ``fuse_gate`` is False) one kernel computes both.
     """
     check_grid(hw, u.shape[1])
+    if gate is not None and fuse_gate and fuses_gate(u, A, impl):
+        from .zigzag_scan_numba import zigzag_scan_gated_numba
+
+        return zigzag_scan_gated_numba(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, gate)
     if counting_active():
         h, w = int(hw[0]), int(hw[1])
-        return torch.ops.plainmamba.zigzag_scan(u, delta, A, B, C, D, direction_Bs, delta_bias,
-                                                h, w, impl)  # fmt: skip
-    return _run(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, impl, triton_settings)
+        y = torch.ops.plainmamba.zigzag_scan(u, delta, A, B, C, D, direction_Bs, delta_bias,
+                                             h, w, impl)  # fmt: skip
+    else:
+        y = _run(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, impl, triton_settings)
+    return y if gate is None else y * F.silu(gate)
+
+
+def fuses_gate(u: torch.Tensor, A: torch.Tensor, impl: Optional[str]) -> bool:
+    """Whether :func:`zigzag_scan` with a ``gate`` runs scan and gate as one kernel for these
+    inputs: the ``numba`` path, no autograd, state size 16, and not traced, compiled or counted
+    (exported graphs and FLOP counts keep the plain operators)."""
+    return (
+        not torch.is_grad_enabled()
+        and A.shape[-1] == GATED_D_STATE
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not counting_active()
+        and SCAN_SWITCH.resolved(impl, u.device.type)[0] == "numba"
+    )
 
 
 # One node per scan in a torch.jit trace while counting_ops() is active (FLOP analysis):
