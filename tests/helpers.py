@@ -16,7 +16,13 @@ def run_script(args, data_root, timeout=600):
     import subprocess
     import sys
 
-    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root), CUDA_VISIBLE_DEVICES="")
+    # Faulthandler: a process that dies by a signal prints every thread's Python stack.
+    env = dict(
+        os.environ,
+        DETECTRON2_DATASETS=str(data_root),
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONFAULTHANDLER="1",
+    )
     proc = subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=REPO,

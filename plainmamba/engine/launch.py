@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import multiprocessing
+import os
+import sys
 from typing import Any, Dict, Optional
 
 import torch
@@ -68,14 +72,18 @@ def _evaluate_checkpoint(cfg: DictConfig, trusted: bool = False) -> Dict[str, An
 
 
 def launched_main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    """What ``tools/lazyconfig_train_net.py`` launches in each process: :func:`main`, then the
-    process groups that ``launch`` created are destroyed once every rank is done.
+    """What ``tools/lazyconfig_train_net.py`` launches in each process: :func:`main`, then, once
+    every rank is done, the process groups that ``launch`` created are destroyed and a spawned
+    rank leaves without the interpreter's finalisation.
 
-    Detectron2's launcher leaves them alive until the interpreter exits; Gloo's worker threads
-    can then still hold tensors whose release needs the GIL during finalisation, and a rank dies
-    with SIGABRT ("terminate called without an active exception") after its work is finished,
-    failing the whole job. Only a normal return tears down: after an error other ranks may still
-    wait in a collective.
+    Detectron2's launcher leaves the groups alive until the interpreter exits. Gloo's worker
+    threads and DDP's reducer (kept alive by reference cycles through the trainer's hooks) are
+    then torn down in whatever order finalisation picks, and now and then a rank dies with
+    SIGABRT ("terminate called without an active exception") after its work is finished, which
+    fails the whole job. So the cycles are collected while the group is alive, the group is
+    destroyed, logs and streams are flushed, and a spawned rank ends with ``os._exit(0)``: nothing
+    of its work is left to finalise. Only a normal return tears down: after an error other ranks
+    may still wait in a collective, and the launcher reports the traceback.
 
     A rank spawned by the launcher is killed as soon as the launcher dies
     (:func:`~plainmamba.lifecycle.tie_to_parent`), and its data-loader workers die with it.
@@ -84,8 +92,22 @@ def launched_main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     result = main(args)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         comm.synchronize()
+        gc.collect()
         torch.distributed.destroy_process_group()
+        if multiprocessing.parent_process() is not None:
+            _leave_spawned_rank()
     return result
+
+
+def _leave_spawned_rank() -> None:
+    """End a spawned rank at once, after flushing what the interpreter's exit would flush."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to save
+            pass
+    os._exit(0)
 
 
 def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
