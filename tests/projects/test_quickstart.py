@@ -44,7 +44,7 @@ def test_quickstart_with_weights_and_bad_image(tmp_path, fixtures_dir):
     assert proc.returncode == 2 and "broken.png" in proc.stderr
 
 
-@pytest.mark.parametrize("max_iter", [100, 600])
+@pytest.mark.parametrize("max_iter", [100, 750])
 def test_detection_schedule_follows_max_iter(max_iter):
     """The documented short run, ``shapes_detection.py train.max_iter=100``, failed with
     "Milestone must be smaller than total number of updates": the milestone is now a fraction."""
@@ -58,6 +58,6 @@ def test_detection_schedule_follows_max_iter(max_iter):
     schedule = instantiate(cfg.lr_multiplier)
     # Detectron2's LRMultiplier reads the schedule at iteration / train.max_iter.
     lr = [schedule(i / max_iter) for i in range(max_iter)]
-    warmup = math.ceil(max_iter / 12)  # 50 of 600 iterations
+    warmup = math.ceil(max_iter / 12)  # 63 of 750 iterations
     assert lr[0] == pytest.approx(0.01) and lr[warmup] == 1.0
-    assert lr.index(0.1) == max_iter * 3 // 4  # 450 of 600, as before
+    assert lr.index(0.1) == math.ceil(max_iter * 3 / 4)  # 563 of 750
