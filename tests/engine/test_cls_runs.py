@@ -146,7 +146,6 @@ def test_two_process_training_gathers_evaluation(tmp_path, data_root):
     # The ranks end with os._exit after flushing: the log file still ends with the evaluation.
     assert copypaste((out / "log.txt").read_text())["num_images"] == 400
     assert (out / "model_final.pth").is_file()
-    assert (out / "model_final.pth").is_file()
 
 
 @pytest.mark.slow
