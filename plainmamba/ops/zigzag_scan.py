@@ -212,8 +212,6 @@ def _load(name: str) -> Callable[..., torch.Tensor]:
 
 
 _IMPLS: Dict[str, Callable[..., torch.Tensor]] = {}
-# The state size of the numba path's fused kernels (zigzag_scan_numba._NS).
-GATED_D_STATE = 16
 
 
 def _run(
@@ -278,14 +276,18 @@ def fuses_gate(u: torch.Tensor, A: torch.Tensor, impl: Optional[str]) -> bool:
     """Whether :func:`zigzag_scan` with a ``gate`` runs scan and gate as one kernel for these
     inputs: the ``numba`` path, no autograd, state size 16, and not traced, compiled or counted
     (exported graphs and FLOP counts keep the plain operators)."""
-    return (
-        not torch.is_grad_enabled()
-        and A.shape[-1] == GATED_D_STATE
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-        and not counting_active()
-        and SCAN_SWITCH.resolved(impl, u.device.type)[0] == "numba"
-    )
+    if (
+        torch.is_grad_enabled()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or counting_active()
+        or SCAN_SWITCH.resolved(impl, u.device.type)[0] != "numba"
+    ):
+        return False
+    # Imported only now: the numba path resolved, so Numba is there.
+    from .zigzag_scan_numba import FUSED_D_STATE
+
+    return A.shape[-1] == FUSED_D_STATE
 
 
 # One node per scan in a torch.jit trace while counting_ops() is active (FLOP analysis):

@@ -150,6 +150,8 @@ def _scan_fused_fwd(u, delta, A_t, B, C, dir_B, D, orders, dirs, y, block):  # p
 # a register. Every per-job buffer is addressed at constant offsets from one of two arrays, so
 # the vectoriser needs only a few runtime alias checks.
 _NS = 16
+# The state size the fused kernels are written for (the dispatcher's fuses_gate reads it).
+FUSED_D_STATE = _NS
 _BLK = 64
 _HSZ = _NS * _BLK  # one scan's states: (state, channel) at n * _BLK + e
 _DT = _HSZ  # the step's softplus'd delta, after exp(delta * A) (state, channel)
