@@ -73,4 +73,9 @@ if ! has onnx || ! has onnxruntime; then
   # shellcheck disable=SC2086
   pip_q --only-binary=:all: $DEPLOY_SPEC
 fi
+# Numba compiles the scan kernels on first use and caches them beside the module; doing it here
+# keeps that (about 20 s) out of the first `make demo`. Runs again only when no cache is there.
+if ! ls plainmamba/ops/__pycache__/zigzag_scan_numba.*.nbi >/dev/null 2>&1; then
+  "$PY" dev/compile_kernels.py
+fi
 "$PY" -c "import detectron2, torch, numba, plainmamba; print('[setup] ready: torch', torch.__version__, '| detectron2', detectron2.__version__, '| numba', numba.__version__)"
