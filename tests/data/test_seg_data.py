@@ -338,6 +338,32 @@ def test_seg_shapes_deterministic_and_valid(seg_root, tmp_path):
     assert new.shape != old.shape or not np.array_equal(new, old)
 
 
+def test_seg_shapes_fill_marks_the_class():
+    """Circles and rings are filled solid, squares striped and triangles speckled, each in two
+    tones of the shape's colour, so that a pixel's class also shows in its neighbourhood."""
+    from plainmamba.data.seg_shapes import _fill
+
+    mask = np.zeros((64, 64), bool)
+    mask[8:56, 8:56] = True
+    colour = (200, 40, 90)
+    for kind, patterned in (
+        ("circle", False),
+        ("ring", False),
+        ("square", True),
+        ("triangle", True),
+    ):
+        pixels = _fill(kind, np.random.default_rng(0), mask, colour)
+        assert pixels.shape == (int(mask.sum()), 3)
+        tones, counts = np.unique(pixels, axis=0, return_counts=True)
+        assert any(np.array_equal(t, colour) for t in tones), kind
+        if not patterned:
+            assert len(tones) == 1, kind
+            continue
+        assert len(tones) == 2 and counts.min() >= 0.3 * counts.sum(), (kind, counts)
+        # the two tones differ clearly (a light colour gets a darker second tone)
+        assert np.abs(tones[0] - tones[1]).max() >= 60, tones
+
+
 def test_seg_shapes_register_and_load(seg_root, tmp_path):
     names = register_shapes_semseg(seg_root, prefix="seg_test")
     assert names == ("seg_test_train", "seg_test_val")
