@@ -61,9 +61,9 @@ dataloader.evaluator.dataset_name = "shapes_seg_val"
 
 optimizer.lr = 5e-3
 
-train.max_iter = 1000
+train.max_iter = 1250
 train.device = "cpu"
-train.eval_period = 1000
+train.eval_period = 1250
 train.log_period = 20
 train.checkpointer.period = 250
 train.checkpointer.max_to_keep = 2
