@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FIXTURES
+from helpers import FIXTURES, run_scripts_together
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +18,41 @@ def fixtures_dir() -> Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# The two quick-start learning runs (classification and segmentation, 300 steps each). Each
+# trains on one thread (robust on a busy machine, see tests/engine/test_cls_runs.py), so both
+# run at once, one a core; the first test that asks waits for both. Separate tests assert them.
+LEARNING_RUNS = {
+    "classification": [
+        "projects/quickstart/shapes_classification.py",
+        "--num-vis",
+        "2",
+        "--threads",
+        "1",
+        "train.max_iter=300",
+        "train.eval_period=300",
+    ],
+    "segmentation": [
+        "projects/quickstart/shapes_segmentation.py",
+        "--num-vis",
+        "0",
+        "--threads",
+        "1",
+        "train.max_iter=300",
+        "train.eval_period=300",
+        "train.checkpointer.period=300",
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def learning_runs(tmp_path_factory):
+    """{task: (exit code, log, output dir)} of the shortened quick starts, run side by side."""
+    root = tmp_path_factory.mktemp("learning_runs")
+    runs, outs = [], {}
+    for task, args in LEARNING_RUNS.items():
+        outs[task] = root / task / "out"
+        runs.append(([*args, "--output-dir", outs[task]], root / task / "data"))
+    results = run_scripts_together(runs, timeout=900)
+    return {task: (*result, outs[task]) for task, result in zip(LEARNING_RUNS, results)}

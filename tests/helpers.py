@@ -11,27 +11,71 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("PLAINMAMBA_FIXTURES", REPO / "tests" / "fixtures"))
 
 
-def run_script(args, data_root, timeout=600):
-    """Run a repository script on the CPU with its own data root; returns (exit code, output)."""
-    import subprocess
-    import sys
-
+def _script_env(data_root) -> dict:
     # Faulthandler: a process that dies by a signal prints every thread's Python stack.
-    env = dict(
+    return dict(
         os.environ,
         DETECTRON2_DATASETS=str(data_root),
         CUDA_VISIBLE_DEVICES="",
         PYTHONFAULTHANDLER="1",
     )
+
+
+def run_script(args, data_root, timeout=600):
+    """Run a repository script on the CPU with its own data root; returns (exit code, output)."""
+    import subprocess
+    import sys
+
     proc = subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=REPO,
-        env=env,
+        env=_script_env(data_root),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def run_scripts_together(runs, timeout=900):
+    """Run several repository scripts at once, each ``(args, data_root)``; returns one
+    (exit code, output) per run, in order. For one-thread runs that would leave cores idle."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    procs = []
+    for args, data_root in runs:
+        log = tempfile.TemporaryFile(mode="w+")
+        proc = subprocess.Popen(
+            [sys.executable, *map(str, args)],
+            cwd=REPO,
+            env=_script_env(data_root),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append((proc, log))
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for proc, log in procs:
+            try:
+                code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                code = f"timed out after {timeout} s"
+            log.seek(0)
+            results.append((code, log.read()))
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    return results
 
 
 def set_env(monkeypatch, name: str, value) -> None:

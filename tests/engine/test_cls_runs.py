@@ -30,26 +30,9 @@ def data_root(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_tiny_classifier_learns(tmp_path, data_root):
+def test_tiny_classifier_learns(learning_runs):
     """The quick start, shortened: top-1 of the model and of its EMA far above chance (20%)."""
-    out = tmp_path / "demo"
-    code, log = run_script(
-        [
-            "projects/quickstart/shapes_classification.py",
-            "--output-dir",
-            out,
-            "--num-vis",
-            "2",
-            # One thread: on a machine that other jobs keep busy, two threads on two cores ran
-            # 3-4 s a step and the run outlasted the timeout; one thread is also fine when quiet.
-            "--threads",
-            "1",
-            "train.max_iter=300",
-            "train.eval_period=300",
-        ],
-        data_root,
-        timeout=900,
-    )
+    code, log, out = learning_runs["classification"]
     assert code == 0, log[-4000:]
     results = copypaste(log)
     assert results["num_images"] == 400

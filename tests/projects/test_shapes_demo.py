@@ -75,25 +75,11 @@ def test_shapes_segmentation_demo_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_shapes_segmentation_learns(tmp_path):
+def test_shapes_segmentation_learns(learning_runs):
     """A shortened quick-start run: mIoU must rise clearly above predicting background."""
-    out = tmp_path / "seg"
-    _, log = run_script(
-        [
-            "projects/quickstart/shapes_segmentation.py",
-            "--output-dir",
-            out,
-            "--num-vis",
-            "0",
-            "--threads",
-            "1",  # robust on a busy machine (see tests/engine/test_cls_runs.py)
-            "train.max_iter=300",
-            "train.eval_period=300",
-            "train.checkpointer.period=300",
-        ],
-        tmp_path / "data",
-        timeout=900,
-    )
+    code, log, _ = learning_runs["segmentation"]
+    # Exit 1 is the script's own verdict below its 10-point bar (fine at 300 steps), not a crash.
+    assert code in (0, 1), log[-3000:]
     match = re.search(r"mIoU ([0-9.]+) \(all-background prediction: ([0-9.]+)\)", log)
     assert match, log[-3000:]
     miou, chance = float(match.group(1)), float(match.group(2))
