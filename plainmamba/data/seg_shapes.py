@@ -3,7 +3,7 @@
 Each pixel is labelled background, circle, square, triangle or ring. A shape's colour is random
 and backgrounds are gradients, noise, stripes or checkerboards, so a model has to use shape,
 fill and context, not a colour lookup. Each class has its own fill, in two tones of the shape's
-colour: circles and rings are solid, squares finely striped (period 4-7 px, any angle) and
+colour: circles and rings are solid, squares striped (period 8-12 px, any angle) and
 triangles speckled (2 x 2-px blocks of random tone). With the outline as the only cue, a small
 model trained from scratch for a few CPU minutes labelled most shapes one class (a pixel can
 tell a triangle from a square only from context as wide as the shape); the fill gives each
@@ -50,7 +50,7 @@ SEG_SHAPE_CLASSES = ("background", "circle", "square", "triangle", "ring")
 SEG_IGNORE_LABEL = 255
 
 # Bump when the rendering changes, so that an old data set on disk is not mistaken for a new one.
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 _MAX_SHAPES = 4
 # Share of shapes whose outline is marked unlabelled.
 _IGNORE_BORDER_PROB = 0.5
@@ -88,7 +88,9 @@ def _fill(kind: str, rng: np.random.Generator, mask: np.ndarray, colour: tuple) 
     ys, xs = np.nonzero(mask)
     if kind == "square":
         angle = rng.uniform(0, math.pi)
-        period = rng.uniform(4, 7)
+        # Coarse next to the triangles' 2-px speckle: stripes of 4-7 px and speckle took a third
+        # of each other's pixels in the quick start (GETTING_STARTED.md).
+        period = rng.uniform(8, 12)
         t = xs * math.cos(angle) + ys * math.sin(angle)
         mix = np.sin(2 * math.pi * t / period) > 0
     elif kind == "triangle":
