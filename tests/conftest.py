@@ -21,8 +21,9 @@ def _seed():
 
 
 # The two quick-start learning runs (classification and segmentation, 300 steps each). Each
-# trains on one thread (robust on a busy machine, see tests/engine/test_cls_runs.py), so both
-# run at once, one a core; the first test that asks waits for both. Separate tests assert them.
+# trains on one thread: on a machine that other jobs kept busy, two threads on two cores ran 3-4 s
+# a step and outlasted the timeout. So both run at once, one a core; the first test that asks
+# waits for both, and each test asserts its own run.
 LEARNING_RUNS = {
     "classification": [
         "projects/quickstart/shapes_classification.py",
