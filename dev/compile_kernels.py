@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Compile the Numba scan kernels once, at set-up, so that the first run does not.
+"""Compile the Numba kernels once, at set-up, so that the first run does not.
 
     python dev/compile_kernels.py
 
 Numba compiles a kernel on its first call and caches the machine code next to the module
 (``plainmamba/ops/__pycache__``); later processes load it. Without this step the first
-``make demo`` spends about 20 s compiling. A small trunk on the CPU runs a training step (the
-forward and backward kernels) and an inference forward (the fused, gated kernel), which are the
-kernels the quick starts and the tests call. Prints how long it took; exits 0 when the Numba
-path is not available (the scan then has another path and nothing is to be compiled).
+``make demo`` spends about 40 s compiling. A small trunk on the CPU runs a training step (the
+scan's forward and backward kernels) and an inference forward (the fused, gated scan and the
+depthwise conv + SiLU), which are the kernels the quick starts and the tests call. Prints how
+long it took; exits 0 when the Numba path is not available (the scan then has another path and
+nothing is to be compiled).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 
 def compile_kernels() -> float:
-    """Run every Numba kernel of the scan once on small inputs; return the seconds taken."""
+    """Run every Numba kernel once on small inputs; return the seconds taken."""
     from plainmamba.known_warnings import silence_known_warnings
 
     silence_known_warnings()  # before Detectron2 is imported
@@ -47,7 +48,7 @@ def main() -> int:
         print("[setup] numba is not installed: no scan kernels to compile")
         return 0
     seconds = compile_kernels()
-    print(f"[setup] Numba scan kernels compiled and cached in {seconds:.0f} s")
+    print(f"[setup] Numba kernels compiled and cached in {seconds:.0f} s")
     return 0
 
 

@@ -19,6 +19,7 @@ from detectron2.modeling import Backbone
 from timm.layers import DropPath, trunc_normal_
 
 from ..ops import dwconv2d_silu, zigzag_scan
+from ..ops.derived import derived
 from ..ops.switch import counting_active
 from ..ops.zigzag_scan import fuses_gate
 
@@ -62,6 +63,15 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.T
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
+def _patch_rows(weight: torch.Tensor) -> torch.Tensor:
+    """A (D, C, p, p) conv weight as (D, p * p * C) rows, in a channels-last patch's order."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).contiguous()
+
+
+def _negative_exp(A_log: torch.Tensor) -> torch.Tensor:
+    return -torch.exp(A_log.float())
 
 
 class ConvPatchEmbed(nn.Module):
@@ -151,7 +161,11 @@ class ConvPatchEmbed(nn.Module):
             .transpose(2, 3)
             .reshape(batch * grid[0] * grid[1], p * p * channels)
         )
-        weight = self.projection.weight.permute(0, 2, 3, 1).reshape(-1, p * p * channels)
+        weight = self.projection.weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            weight = _patch_rows(weight)
+        else:  # inference: the same rows until the weight changes
+            weight = derived(weight, "patch_rows", _patch_rows)
         tokens = torch.addmm(self.projection.bias, patches, weight.t())
         return tokens.view(batch, grid[0] * grid[1], -1), grid
 
@@ -263,7 +277,11 @@ class PlainMambaMixer(nn.Module):
         # The depthwise conv reads the tokens in place (a Triton kernel on CUDA); (B, L, E).
         xs = dwconv2d_silu(xs, self.conv2d.weight, self.conv2d.bias, hw, impl=self.dwconv_impl)
         dt, Bs, Cs = self.project(xs, pad_rows=xs.is_cuda)
-        A = -torch.exp(self.A_log.float())
+        if self.cpu_fast_paths and fuses_gate(xs, self.A_log, self.scan_impl):
+            # CPU inference: A is the same from call to call until A_log changes.
+            A = derived(self.A_log, "A", _negative_exp)
+        else:
+            A = -torch.exp(self.A_log.float())
         # The gate y * silu(z) goes to the scan: on the CPU in inference one Numba kernel runs
         # the softplus, the four scans, D * u and the gate (unless cpu_fast_paths is off).
         y = zigzag_scan(
@@ -324,8 +342,8 @@ class PlainMamba(Backbone):
         final_norm: apply ``ln1`` after the last layer (classification and segmentation).
         scan_impl: selective-scan path (``auto``, ``ref``, ``numba``, ``mamba``, ``triton``,
             ``chunked``); ``None``: ``$PLAINMAMBA_SCAN`` if set, else ``auto`` (docs/ops.md).
-        dwconv_impl: the mixers' depthwise conv + SiLU path (``auto``, ``ref``, ``triton``);
-            ``None``: ``$PLAINMAMBA_DWCONV`` if set, else ``auto``.
+        dwconv_impl: the mixers' depthwise conv + SiLU path (``auto``, ``ref``, ``triton``,
+            ``numba``); ``None``: ``$PLAINMAMBA_DWCONV`` if set, else ``auto``.
         cpu_fast_paths: in CPU inference, fold the stem's BNs into its convs and run each mixer's
             scan, ``D * u`` and gate as one Numba kernel (same outputs within 1e-6); ``None``:
             on unless ``$PLAINMAMBA_CPU_FAST=0``.

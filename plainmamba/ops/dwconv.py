@@ -17,8 +17,10 @@ Implementations, chosen by ``impl=`` (``PlainMamba(dwconv_impl=...)`` in a confi
 - ``ref``: PyTorch's depthwise convolution on a channels-last view, as the mixer did before;
 - ``triton``: fused Triton kernels reading the strided view directly, forward and backward
   (CUDA; on CPU only under ``TRITON_INTERPRET=1``, for tests);
-- ``auto`` (default): ``triton`` for CUDA tensors when Triton imports (and k <= 9), else
-  ``ref``.
+- ``numba``: one fused Numba kernel for CPU inference (float32, k = 7, no autograd, not traced,
+  compiled or counted); other calls on this path run ``ref``;
+- ``auto`` (default): ``triton`` for CUDA tensors when Triton imports (and k <= 9), ``numba``
+  for CPU tensors when Numba imports, else ``ref``.
 
 The choice is resolved once per (requested name, device type) by :data:`DWCONV_SWITCH` and
 treated as a constant by ``torch.compile``. :func:`dwconv2d_silu` checks the arguments once for
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 
 from .checks import DWCONV_TRITON_MAX_K as TRITON_MAX_K
 from .checks import check_dwconv_args
-from .switch import PathSwitch, backend_available, triton_interpreted
+from .switch import PathSwitch, backend_available, counting_active, triton_interpreted
 from .tuning import TritonSettings
 
 __all__ = [
@@ -49,13 +51,15 @@ __all__ = [
 ]
 
 DWCONV_ENV_VAR = "PLAINMAMBA_DWCONV"
-DWCONV_IMPLS = ("auto", "ref", "triton")
+DWCONV_IMPLS = ("auto", "ref", "triton", "numba")
 
 _INSTALL_HINT = (
     "install Triton (`pip install triton`; PyTorch's Linux CUDA wheels bring a matching one) and "
     "use a CUDA build of PyTorch"
 )
+_NUMBA_HINT = "install it with `pip install numba` (a dependency of this package)"
 _TRITON_MODULE = __name__.rsplit(".", 1)[0] + ".dwconv_triton"
+NUMBA_K = 7  # the kernel size of the numba path (plainmamba.ops.dwconv_numba.KERNEL_SIZE)
 
 
 def dwconv2d_silu_ref(
@@ -81,7 +85,17 @@ def _pick(requested: str, device: torch.device) -> str:
     if requested == "auto":
         if device.type == "cuda" and backend_available("triton"):
             return "triton"
+        if device.type == "cpu" and backend_available("numba"):
+            return "numba"
         return "ref"
+    if requested == "numba":
+        if not backend_available("numba"):
+            raise RuntimeError("depthwise-conv path 'numba' is not available: " + _NUMBA_HINT)
+        if device.type != "cpu":
+            raise ValueError(
+                f"depthwise-conv path 'numba' runs on cpu tensors, got tensors on {device}; "
+                "use impl='auto' or 'ref'"
+            )
     if requested == "triton":
         if device.type == "cpu" and triton_interpreted(_TRITON_MODULE):
             return requested  # CPU tensors through the Triton interpreter (tests)
@@ -113,6 +127,10 @@ def resolve_dwconv_impl(impl: Optional[str], device: torch.device) -> str:
 def _load(name: str) -> Callable[..., torch.Tensor]:
     if name == "ref":
         return dwconv2d_silu_ref
+    if name == "numba":
+        from .dwconv_numba import dwconv2d_silu_numba
+
+        return dwconv2d_silu_numba
     if name == "triton":
         from .dwconv_triton import dwconv2d_silu_triton
 
@@ -121,6 +139,19 @@ def _load(name: str) -> Callable[..., torch.Tensor]:
 
 
 _IMPLS: Dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _numba_runs(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], k: int
+) -> bool:
+    """Whether the numba kernel takes this call: inference on float32 with k = 7, outside
+    traces, ``torch.compile`` and FLOP counting (which keep the plain operators)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or counting_active():
+        return False
+    grads = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    return k == NUMBA_K and x.dtype == torch.float32 and not grads
 
 
 def dwconv2d_silu(
@@ -142,6 +173,13 @@ def dwconv2d_silu(
         if requested != "auto":
             raise ValueError(
                 f"depthwise-conv path 'triton' takes kernel sizes up to {TRITON_MAX_K}, got {k}; "
+                "use impl='auto' or 'ref'"
+            )
+        name = "ref"
+    if name == "numba" and not _numba_runs(x, weight, bias, k):
+        if requested != "auto" and not torch.jit.is_tracing() and k != NUMBA_K:
+            raise ValueError(
+                f"depthwise-conv path 'numba' takes kernel size {NUMBA_K}, got {k}; "
                 "use impl='auto' or 'ref'"
             )
         name = "ref"

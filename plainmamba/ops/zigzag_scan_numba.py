@@ -20,12 +20,17 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
+from .derived import derived
+from .numba_math import LOG2E as _LOG2E
+from .numba_math import exp2_neg as _exp2_neg
+from .numba_math import silu as _silu
+from .numba_math import softplus as _softplus
+from .numba_threads import sync_threads
 from .scan_orders import scan_orders
 
 __all__ = ["zigzag_scan_numba", "zigzag_scan_gated_numba", "scan_core_numba"]
@@ -69,7 +74,6 @@ def _scan_fwd(u, delta, dA, Bk, C, orders, y, block):  # pragma: no cover - comp
                     y_row[e] += acc[e]
 
 
-_LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)
 _LN2_LO = np.float32(-2.12194440e-4)
 
@@ -156,50 +160,6 @@ _BLK = 64
 _HSZ = _NS * _BLK  # one scan's states: (state, channel) at n * _BLK + e
 _DT = _HSZ  # the step's softplus'd delta, after exp(delta * A) (state, channel)
 _SCRATCH = _DT + _BLK
-
-
-@njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
-def _exp2_neg(v):  # pragma: no cover - compiled
-    """2^v for v <= 0, within 2.4e-7 relative; inlined into loops, where it vectorises.
-
-    2^v = 2^k * 2^r with k = round(v), |r| <= 1/2, 2^r by a degree-5 polynomial fitted for relative
-    error, and 2^k added to the exponent bits.
-    """
-    v = max(v, np.float32(-126.0))  # below that, float32 2^v is denormal
-    k = np.floor(v + np.float32(0.5))
-    r = v - k
-    p = np.float32(1.3276733225211501e-3)
-    p = p * r + np.float32(9.675543755292892e-3)
-    p = p * r + np.float32(5.5507123470306396e-2)
-    p = p * r + np.float32(2.4022120237350464e-1)
-    p = p * r + np.float32(6.931469440460205e-1)
-    p = p * r + np.float32(1.0000001192092896)
-    bits = np.int32(np.float32(p).view(np.int32) + np.int32(np.int32(k) << 23))
-    return bits.view(np.float32)
-
-
-@njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
-def _softplus(x):  # pragma: no cover - compiled
-    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), the log1p as 2 atanh(w / (2 + w)) in series."""
-    w = _exp2_neg(-abs(x) * _LOG2E)
-    s = w / (np.float32(2.0) + w)  # <= 1/3, so eight terms of the series reach float32 precision
-    s2 = s * s
-    p = np.float32(1.0 / 15.0)
-    p = p * s2 + np.float32(1.0 / 13.0)
-    p = p * s2 + np.float32(1.0 / 11.0)
-    p = p * s2 + np.float32(1.0 / 9.0)
-    p = p * s2 + np.float32(1.0 / 7.0)
-    p = p * s2 + np.float32(1.0 / 5.0)
-    p = p * s2 + np.float32(1.0 / 3.0)
-    p = p * s2 + np.float32(1.0)
-    return max(x, np.float32(0.0)) + np.float32(2.0) * s * p
-
-
-@njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
-def _silu(x):  # pragma: no cover - compiled
-    q = _exp2_neg(-abs(x) * _LOG2E)
-    r = np.float32(1.0) / (np.float32(1.0) + q)
-    return x * (r if x >= np.float32(0.0) else q * r)
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True, error_model="numpy")
@@ -439,24 +399,10 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _sync_threads() -> int:
-    # Match PyTorch's intra-op thread count so that the two pools do not oversubscribe.
-    torch_threads = torch.get_num_threads()
-    want = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
-    if torch.get_num_threads() != torch_threads:
-        # Starting numba's OpenMP pool resets the process's OpenMP thread count, which is also
-        # PyTorch's: torch.set_num_threads would be undone in the middle of the first step, and
-        # a run would not repeat exactly (e.g. after --resume).
-        torch.set_num_threads(torch_threads)
-    return want
-
-
 class _ScanCore(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, dA, Bk, C, orders):  # type: ignore[override]
-        block = _block_size(u.shape[0], u.shape[2], _sync_threads())
+        block = _block_size(u.shape[0], u.shape[2], sync_threads())
         y = torch.zeros_like(u)
         _scan_fwd(_np(u), _np(delta), _np(dA), _np(Bk), _np(C), _np(orders), y.numpy(), block)
         ctx.save_for_backward(u, delta, dA, Bk, C, orders)
@@ -465,7 +411,7 @@ class _ScanCore(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):  # type: ignore[override]
         u, delta, dA, Bk, C, orders = ctx.saved_tensors
-        block = _block_size(u.shape[0], u.shape[2], _sync_threads())
+        block = _block_size(u.shape[0], u.shape[2], sync_threads())
         n_blocks = -(-u.shape[2] // block)
         gu = torch.zeros_like(u)
         gdelta = torch.zeros_like(delta)
@@ -508,6 +454,11 @@ def _flat(t: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
 _NO_GATE = (np.zeros(1, dtype=np.float32), np.zeros(2, dtype=np.int64))
 
 
+def _a2_t(A: torch.Tensor) -> torch.Tensor:
+    # The kernel's decay is 2^(delta * A log2(e)), read per state across channels.
+    return (A.float().t() * _LOG2E).contiguous()
+
+
 def _infer(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, z):
     """The fused inference kernel (d_state 16): y, times silu(z) when ``z`` is given."""
     orders, _, dirs = scan_orders(hw[0], hw[1], u.device)
@@ -516,9 +467,9 @@ def _infer(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, z):
     Bf, bs = _flat(B)
     Cf, cs = _flat(C)
     zf, zs = _flat(z) if z is not None else _NO_GATE
-    _sync_threads()
+    sync_threads()
     _scan_infer(
-        uf.numpy(), _np(delta.float()), _np(delta_bias.float()), _np(A.float().t() * _LOG2E),
+        uf.numpy(), _np(delta.float()), _np(delta_bias.float()), derived(A, "A2_t", _a2_t).numpy(),
         Bf, bs, Cf, cs, _np(direction_Bs.float()), _np(D.float()), orders.numpy(), dirs.numpy(),
         zf, zs, z is not None, y.numpy(),
     )  # fmt: skip
@@ -571,7 +522,7 @@ def zigzag_scan_numba(
     dt = F.softplus(delta.float() + delta_bias.float()).contiguous()
     if not needs_grad:
         y = torch.zeros_like(uf)
-        block = _block_size(uf.shape[0], uf.shape[2], _sync_threads())
+        block = _block_size(uf.shape[0], uf.shape[2], sync_threads())
         _scan_fused_fwd(
             _np(uf), _np(dt), _np(A.float().t()), _np(B.float()), _np(C.float()),
             _np(direction_Bs.float()), _np(D.float()), orders.numpy(), dirs.numpy(), y.numpy(), block,

@@ -3,7 +3,7 @@
 import importlib.util
 
 from helpers import REPO
-from plainmamba.ops import zigzag_scan_numba
+from plainmamba.ops import dwconv_numba, zigzag_scan_numba
 
 
 def test_compile_kernels_runs_forward_backward_and_inference_kernels():
@@ -16,3 +16,4 @@ def test_compile_kernels_runs_forward_backward_and_inference_kernels():
     assert seconds > 0
     for kernel in ("_scan_fwd", "_scan_bwd", "_scan_infer"):
         assert getattr(zigzag_scan_numba, kernel).signatures, kernel
+    assert dwconv_numba._dwconv7_silu.signatures

@@ -54,14 +54,14 @@ def fresh_switch(monkeypatch):
 
 def test_unknown_impl_is_rejected(fresh_switch):
     x, w = torch.randn(1, 4, 8), torch.randn(8, 1, 3, 3)
-    with pytest.raises(ValueError, match="auto, ref, triton"):
+    with pytest.raises(ValueError, match="auto, ref, triton, numba"):
         dwconv2d_silu(x, w, None, (2, 2), impl="cudnn")
     # The override is read once; reset() reads it again.
     fresh_switch.setenv(DWCONV_ENV_VAR, "fast")
     DWCONV_SWITCH.reset()
     with pytest.raises(ValueError, match=r"\$PLAINMAMBA_DWCONV"):
         dwconv2d_silu(x, w, None, (2, 2))
-    assert DWCONV_IMPLS == ("auto", "ref", "triton")
+    assert DWCONV_IMPLS == ("auto", "ref", "triton", "numba")
 
 
 def test_triton_on_cpu_needs_the_interpreter(fresh_switch):
@@ -69,6 +69,8 @@ def test_triton_on_cpu_needs_the_interpreter(fresh_switch):
     with assume_backends(triton=True, triton_interpreter=False):
         with pytest.raises(ValueError, match="got tensors on cpu"):
             dwconv2d_silu(x, w, None, (2, 2), impl="triton")
+        assert resolve_dwconv_impl("auto", torch.device("cpu")) == "numba"
+    with assume_backends(triton=True, triton_interpreter=False, numba=False):
         assert resolve_dwconv_impl("auto", torch.device("cpu")) == "ref"
 
 
@@ -94,7 +96,8 @@ def test_bad_arguments_are_named():
 if not IN_CHILD:
 
     def test_auto_on_cpu_is_the_mixers_old_formula(fresh_switch):
-        """On CPU ``auto`` is PyTorch's path: the mixer's former lines, bit for bit, with grads."""
+        """With autograd, ``auto`` on CPU is PyTorch's path: the mixer's former lines, bit for
+        bit, with grads (the Numba kernel is for inference)."""
         batch, (h, w), e = 2, (3, 5), 16
         conv = nn.Conv2d(e, e, 7, padding=3, groups=e, bias=True)
         full = torch.randn(batch, h * w, 2 * e, requires_grad=True)

@@ -21,5 +21,5 @@ backbone = L(PlainMamba)(
     final_norm=True,
     # Operator paths (docs/ops.md); None: the environment override if set, else "auto".
     scan_impl=None,  # auto: numba on CPU, the Triton kernel on CUDA
-    dwconv_impl=None,  # auto: the Triton kernel on CUDA, PyTorch's convolution on CPU
+    dwconv_impl=None,  # auto: the Triton kernel on CUDA, the Numba kernel in CPU inference
 )
