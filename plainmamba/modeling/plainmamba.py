@@ -21,7 +21,7 @@ from timm.layers import DropPath, trunc_normal_
 from ..ops import dwconv2d_silu, zigzag_scan
 from ..ops.derived import derived
 from ..ops.switch import counting_active
-from ..ops.zigzag_scan import fuses_gate
+from ..ops.zigzag_scan import check_grid, fuses_gate
 
 __all__ = ["PlainMamba", "PlainMambaLayer", "PlainMambaMixer", "ConvPatchEmbed", "check_images"]
 
@@ -278,16 +278,20 @@ class PlainMambaMixer(nn.Module):
         xs = dwconv2d_silu(xs, self.conv2d.weight, self.conv2d.bias, hw, impl=self.dwconv_impl)
         dt, Bs, Cs = self.project(xs, pad_rows=xs.is_cuda)
         if self.cpu_fast_paths and fuses_gate(xs, self.A_log, self.scan_impl):
-            # CPU inference: A is the same from call to call until A_log changes.
+            # CPU inference: one Numba kernel runs the softplus, the four scans, D * u and the
+            # gate y * silu(z); A is the same from call to call until A_log changes.
+            from ..ops.zigzag_scan_numba import zigzag_scan_gated_numba
+
+            check_grid(hw, length)
             A = derived(self.A_log, "A", _negative_exp)
+            y = zigzag_scan_gated_numba(
+                xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw, z
+            )
         else:
-            A = -torch.exp(self.A_log.float())
-        # The gate y * silu(z) goes to the scan: on the CPU in inference one Numba kernel runs
-        # the softplus, the four scans, D * u and the gate (unless cpu_fast_paths is off).
-        y = zigzag_scan(
-            xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw,
-            impl=self.scan_impl, gate=z, fuse_gate=self.cpu_fast_paths,
-        )  # fmt: skip
+            y = zigzag_scan(
+                xs, dt, -torch.exp(self.A_log.float()), Bs, Cs, self.D, self.direction_Bs,
+                self.dt_proj.bias, hw, impl=self.scan_impl, gate=z, fuse_gate=False,
+            )  # fmt: skip
         return self.out_proj(y)
 
     def _fused_cpu_inference(self, x: torch.Tensor) -> bool:

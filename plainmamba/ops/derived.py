@@ -9,13 +9,13 @@ source tensor and rebuilds it when the source has been written in place (an opti
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 
 __all__ = ["derived"]
 
-_Entries = Dict[str, Tuple[int, torch.Tensor]]
+_Entries = Dict[str, Tuple[Tuple[int, ...], Any, Tuple[torch.Tensor, ...]]]
 # id(source) -> (weak reference to source, {name: (source version, derived tensor)}). Keyed by
 # id because tensors compare elementwise; an entry goes when its source is freed.
 _STORE: Dict[int, Tuple["weakref.ref[torch.Tensor]", _Entries]] = {}
@@ -28,14 +28,16 @@ def _forget(ref: "weakref.ref[torch.Tensor]", key: int) -> None:
 
 
 def derived(
-    source: torch.Tensor, name: str, build: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """``build(source)`` computed once per version of ``source``, without autograd.
+    source: torch.Tensor, name: str, build: Callable[[torch.Tensor], Any], *also: torch.Tensor
+) -> Any:
+    """``build(source)`` computed once per version of ``source`` (and of the tensors ``also``
+    that ``build`` reads besides it: parameters, which the entry keeps alive), without autograd.
 
     For inference paths only: the result is detached, so call it where no gradient has to reach
-    ``source``. ``name`` tells apart several tensors derived from one source.
+    the sources. ``name`` tells apart several results derived from one source; the entry is kept
+    with ``source`` and goes when it is freed.
     """
-    if source.is_inference():
+    if source.is_inference() or any(t.is_inference() for t in also):
         # No version counter to tell an in-place change: build afresh every time.
         with torch.no_grad():
             return build(source.detach())
@@ -44,11 +46,12 @@ def derived(
     if slot is None or slot[0]() is not source:
         slot = _STORE[key] = (weakref.ref(source, lambda ref: _forget(ref, key)), {})
     entries = slot[1]
-    version = source._version
+    version = (source._version,) + tuple(v for t in also for v in (id(t), t._version))
     hit = entries.get(name)
     if hit is not None and hit[0] == version:
         return hit[1]
     with torch.no_grad():
         value = build(source.detach())
-    entries[name] = (version, value)
+    # Holding the other sources keeps their ids, which the version key names, from reuse.
+    entries[name] = (version, value, also)
     return value

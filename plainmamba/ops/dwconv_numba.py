@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from .derived import derived
 from .numba_math import silu as _silu
-from .numba_threads import sync_threads
+from .numba_glue import flat_view, sync_threads
 
 __all__ = ["dwconv2d_silu_numba", "KERNEL_SIZE"]
 
@@ -68,9 +68,10 @@ def _taps(s, p, wl, c):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, fastmath=_FM, cache=True, nogil=True, error_model="numpy")
-def _dwconv7_silu(xf, xs, wt, bias, height, width, y):  # pragma: no cover - compiled
-    """y = silu(conv7x7(x) + bias); ``xf``/``xs``: x's storage from its first element and its
-    element strides (batch, token); ``wt``: the weights as (49 taps, E); y: (B, L, E)."""
+def _dwconv7_silu(xf, xs0, xs1, wt, bias, height, width, y):  # pragma: no cover - compiled
+    """y = silu(conv7x7(x) + bias); ``xf``: x's storage from its first element, ``xs0``,
+    ``xs1``: its batch and token strides in elements; ``wt``: the weights as (49 taps, E);
+    y: (B, L, E)."""
     batch, length, channels = y.shape
     n_cb = (channels + _CB - 1) // _CB
     n_bands = (height + _TH - 1) // _TH
@@ -101,14 +102,14 @@ def _dwconv7_silu(xf, xs, wt, bias, height, width, y):  # pragma: no cover - com
             for ww in range(w0 - 3, w1 + 3):
                 dst = s[((hh - h0 + 3) * _PW + ww - w0 + 3) * _CB :]
                 if 0 <= hh < height and 0 <= ww < width and nc == _CB:
-                    src = xf[b * xs[0] + (hh * width + ww) * xs[1] + c0 :]
+                    src = xf[b * xs0 + (hh * width + ww) * xs1 + c0 :]
                     for c in range(_CB):
                         dst[c] = src[c]
                 else:
                     for c in range(_CB):
                         dst[c] = 0.0
                     if 0 <= hh < height and 0 <= ww < width:
-                        src = xf[b * xs[0] + (hh * width + ww) * xs[1] + c0 :]
+                        src = xf[b * xs0 + (hh * width + ww) * xs1 + c0 :]
                         for c in range(nc):
                             dst[c] = src[c]
         for h in range(h0, h1):
@@ -132,8 +133,12 @@ def _dwconv7_silu(xf, xs, wt, bias, height, width, y):  # pragma: no cover - com
                     y_row[c] = _silu(ob[c])
 
 
-def _taps_by_channel(weight: torch.Tensor) -> torch.Tensor:
-    return weight.float().reshape(weight.shape[0], -1).t().contiguous()
+def _taps_and_bias(weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """The kernel's constants as NumPy arrays: taps (k * k, E) and bias (E,)."""
+    taps = weight.detach().float().reshape(weight.shape[0], -1).t().contiguous()
+    if bias is None:
+        return taps.numpy(), np.zeros(weight.shape[0], dtype=np.float32)
+    return taps.numpy(), bias.detach().float().contiguous().numpy()
 
 
 def dwconv2d_silu_numba(
@@ -146,14 +151,12 @@ def dwconv2d_silu_numba(
     autograd and kernel size 7; ``x`` may be a view with channel stride 1 (arguments are checked
     by the dispatcher)."""
     batch, length, channels = x.shape
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
-    xf = torch.as_strided(x.detach(), (span,), (1,)).numpy()
-    strides = np.asarray(x.stride()[:2], dtype=np.int64)
-    wt = derived(weight, "dwconv_taps", _taps_by_channel)
-    b = bias.detach().float() if bias is not None else x.new_zeros(channels)
+    xf, xs0, xs1 = flat_view(x)
+    if bias is None:
+        taps, b = derived(weight, "dwconv_taps", lambda w: _taps_and_bias(w, None))
+    else:
+        taps, b = derived(weight, "dwconv_taps_bias", lambda w: _taps_and_bias(w, bias), bias)
     y = torch.empty(batch, length, channels, dtype=torch.float32)
     sync_threads()
-    _dwconv7_silu(xf, strides, wt.numpy(), b.numpy(), hw[0], hw[1], y.numpy())
+    _dwconv7_silu(xf, xs0, xs1, taps, b, hw[0], hw[1], y.numpy())
     return y

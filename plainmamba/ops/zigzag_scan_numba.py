@@ -30,7 +30,7 @@ from .numba_math import LOG2E as _LOG2E
 from .numba_math import exp2_neg as _exp2_neg
 from .numba_math import silu as _silu
 from .numba_math import softplus as _softplus
-from .numba_threads import sync_threads
+from .numba_glue import flat_view, sync_threads
 from .scan_orders import scan_orders
 
 __all__ = ["zigzag_scan_numba", "zigzag_scan_gated_numba", "scan_core_numba"]
@@ -164,14 +164,15 @@ _SCRATCH = _DT + _BLK
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True, error_model="numpy")
 def _scan_infer(
-    u, dtr, dbias, A2_t, Bf, bs, Cf, cs, dir_B, D, orders, dirs, zf, zs, gate, y
-):  # pragma: no cover - compiled
+    u, dtr, consts, B, C, dir_B, orders, dirs, zf, zs0, zs1, gate, y
+):  # pragma: no cover
     """Inference, d_state 16: softplus(delta), exp(delta * A), the four scans, D * u and, with
     ``gate``, the product with silu(z), in one pass per block of channels.
 
-    ``A2_t`` is A * log2(e) transposed to (N, E). B, C and z are read through flat views of
-    their storage (``Bf`` etc., with the element strides of their first two dimensions in
-    ``bs`` etc.), so the slices of x_proj's and in_proj's outputs need no copies.
+    ``consts`` (N + 2, E) holds A * log2(e) transposed to (N, E), then D, then delta's bias.
+    B, C (batch, L, N) may be strided views (slices of x_proj's output); z (batch, L, E) is read
+    through a flat view of its storage, ``zf``, with element strides ``zs0``, ``zs1`` (the half
+    of in_proj's output, in place: a strided row view would not vectorise).
     """
     batch, length, channels = u.shape
     n_blocks = (channels + _BLK - 1) // _BLK
@@ -183,8 +184,8 @@ def _scan_infer(
         s = np.empty(_SCRATCH, dtype=np.float32)
         hs = np.zeros((4, _HSZ), dtype=np.float32)
         bt = np.empty(_NS, dtype=np.float32)
-        d_row = D[e0:e1]
-        bias = dbias[e0:e1]
+        d_row = consts[_NS, e0:e1]
+        bias = consts[_NS + 1, e0:e1]
         # Each scan adds D * u at the token it visits: 4 D u in all.
         for i in range(length):
             u_row = u[b, i, e0:e1]
@@ -196,29 +197,27 @@ def _scan_infer(
             for e in range(ne):
                 s[_DT + e] = _softplus(raw[e] + bias[e])
             for n in range(_NS):
-                a_row = A2_t[n, e0:e1]
+                a_row = consts[n, e0:e1]
                 for e in range(ne):
                     s[n * _BLK + e] = _exp2_neg(s[_DT + e] * a_row[e])
-            boff = b * bs[0] + t * bs[1]
-            coff = b * cs[0] + t * cs[1]
             for n in range(_NS):
-                bt[n] = Bf[boff + n]
-            c0 = Cf[coff + 0]
-            c1 = Cf[coff + 1]
-            c2 = Cf[coff + 2]
-            c3 = Cf[coff + 3]
-            c4 = Cf[coff + 4]
-            c5 = Cf[coff + 5]
-            c6 = Cf[coff + 6]
-            c7 = Cf[coff + 7]
-            c8 = Cf[coff + 8]
-            c9 = Cf[coff + 9]
-            c10 = Cf[coff + 10]
-            c11 = Cf[coff + 11]
-            c12 = Cf[coff + 12]
-            c13 = Cf[coff + 13]
-            c14 = Cf[coff + 14]
-            c15 = Cf[coff + 15]
+                bt[n] = B[b, t, n]
+            c0 = C[b, t, 0]
+            c1 = C[b, t, 1]
+            c2 = C[b, t, 2]
+            c3 = C[b, t, 3]
+            c4 = C[b, t, 4]
+            c5 = C[b, t, 5]
+            c6 = C[b, t, 6]
+            c7 = C[b, t, 7]
+            c8 = C[b, t, 8]
+            c9 = C[b, t, 9]
+            c10 = C[b, t, 10]
+            c11 = C[b, t, 11]
+            c12 = C[b, t, 12]
+            c13 = C[b, t, 13]
+            c14 = C[b, t, 14]
+            c15 = C[b, t, 15]
             for k in range(4):
                 i = orders[k, t]
                 u_row = u[b, i, e0:e1]
@@ -296,10 +295,10 @@ def _scan_infer(
                     )
         if gate:
             for i in range(length):
-                zoff = b * zs[0] + i * zs[1] + e0
+                z_row = zf[b * zs0 + i * zs1 + e0 :]
                 y_row = y[b, i, e0:e1]
                 for e in range(ne):
-                    y_row[e] *= _silu(zf[zoff + e])
+                    y_row[e] *= _silu(z_row[e])
 
 
 @njit(fastmath=True, cache=True, nogil=True)
@@ -441,37 +440,39 @@ def scan_core_numba(
     return _ScanCore.apply(u, delta, dA, Bk, C, orders)
 
 
-def _flat(t: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
-    """A float32 tensor with unit last stride as a 1-D view of its storage (from its first
-    element) and the element strides of its leading dimensions; copies only other tensors."""
-    if t.dtype != torch.float32 or t.stride(-1) != 1:
-        t = t.float().contiguous()
-    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    flat = torch.as_strided(t.detach(), (span,), (1,))
-    return flat.numpy(), np.asarray(t.stride()[:-1], dtype=np.int64)
+def _view(t: torch.Tensor) -> np.ndarray:
+    """A float32 tensor as a NumPy view of its storage, strides and all (a copy only of tensors
+    of other dtypes)."""
+    return t.detach().float().numpy()
 
 
-_NO_GATE = (np.zeros(1, dtype=np.float32), np.zeros(2, dtype=np.int64))
+_NO_GATE = (np.zeros(1, dtype=np.float32), 0, 0)
 
 
-def _a2_t(A: torch.Tensor) -> torch.Tensor:
-    # The kernel's decay is 2^(delta * A log2(e)), read per state across channels.
-    return (A.float().t() * _LOG2E).contiguous()
+def _constants(
+    A: torch.Tensor, D: torch.Tensor, direction_Bs: torch.Tensor, delta_bias: torch.Tensor
+):
+    """The kernel's per-layer constants as NumPy arrays, kept until a parameter changes."""
+
+    def build(A: torch.Tensor):
+        # The kernel's decay is 2^(delta * A log2(e)), read per state across channels.
+        rows = torch.cat([A.float().t() * _LOG2E, D.float()[None], delta_bias.float()[None]])
+        return rows.contiguous().numpy(), direction_Bs.detach().float().contiguous().numpy()
+
+    return derived(A, "numba_scan_constants", build, D, direction_Bs, delta_bias)
 
 
 def _infer(u, delta, A, B, C, D, direction_Bs, delta_bias, hw, z):
     """The fused inference kernel (d_state 16): y, times silu(z) when ``z`` is given."""
     orders, _, dirs = scan_orders(hw[0], hw[1], u.device)
+    consts, dir_B = _constants(A, D, direction_Bs, delta_bias)
     uf = u.detach().float().contiguous()
     y = torch.empty_like(uf)
-    Bf, bs = _flat(B)
-    Cf, cs = _flat(C)
-    zf, zs = _flat(z) if z is not None else _NO_GATE
+    zf, zs0, zs1 = _NO_GATE if z is None else flat_view(z)
     sync_threads()
     _scan_infer(
-        uf.numpy(), _np(delta.float()), _np(delta_bias.float()), derived(A, "A2_t", _a2_t).numpy(),
-        Bf, bs, Cf, cs, _np(direction_Bs.float()), _np(D.float()), orders.numpy(), dirs.numpy(),
-        zf, zs, z is not None, y.numpy(),
+        uf.numpy(), _view(delta), consts, _view(B), _view(C), dir_B, orders.numpy(),
+        dirs.numpy(), zf, zs0, zs1, z is not None, y.numpy(),
     )  # fmt: skip
     return y.to(u.dtype)
 

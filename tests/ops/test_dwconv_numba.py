@@ -27,7 +27,7 @@ def kernel_calls(monkeypatch):
     kernel = dwconv_numba._dwconv7_silu
 
     def counted(*args):
-        calls.append(args[4:6])
+        calls.append(args[5:7])  # the grid
         return kernel(*args)
 
     monkeypatch.setattr(dwconv_numba, "_dwconv7_silu", counted)
@@ -110,10 +110,17 @@ def test_derived_follows_its_source():
         weight.mul_(2)  # an optimizer step or load_state_dict writes in place
     again = derived(weight, "t", lambda w: w.t().contiguous())
     assert again is not first and torch.equal(again, weight.detach().t())
-    held = len(_STORE)
+    # A result that also reads another parameter follows that one too.
+    other = torch.nn.Parameter(torch.ones(4, 3))
+    summed = derived(weight, "sum", lambda w: w + other, other)
+    with torch.no_grad():
+        other.add_(1)
+    assert torch.equal(derived(weight, "sum", lambda w: w + other, other), summed + 1)
+    key = id(weight)
+    assert key in _STORE
     del weight, first, again
     gc.collect()
-    assert len(_STORE) == held - 1  # the entry went with its source
+    assert key not in _STORE  # the entry went with its source
 
 
 def test_mixer_inference_sees_new_weights():
