@@ -5,12 +5,13 @@ block) and the innermost loop runs over contiguous channels so that it vectorise
 
 Inference (no gradient needed) runs one fused kernel: softplus(delta), exp(delta * A) computed
 once per step for all four scans, direction offsets, the recurrences and the D skip, with no
-(L, N, E) tensor in memory. For d_state 16 (every released model) the kernel writes the sixteen
-states out in the channel loop, so that the sum over states stays in a register, and
-:func:`zigzag_scan_gated_numba` also applies the mixer's gate y * silu(z); other sizes take a
-kernel with a loop over states. Training keeps the elementwise pieces around the recurrence (softplus, exp(delta * A),
-direction offsets, D) in PyTorch so that autograd carries their gradients, and only the
-recurrence is a custom autograd function.
+(L, N, E) tensor in memory. For d_state 16 (every released model) the kernel writes the states
+out four at a time in the channel loop, so that the partial sum over states and the states' B
+and C values stay in registers, and :func:`zigzag_scan_gated_numba` also applies the mixer's
+gate y * silu(z); other sizes take a kernel with a loop over states. Training keeps the
+elementwise pieces around the recurrence (softplus, exp(delta * A), direction offsets, D) in
+PyTorch so that autograd carries their gradients, and only the recurrence is a custom autograd
+function.
 
 The backward recomputes the states chunk by chunk from checkpointed chunk-boundary states, so
 its scratch memory per worker is O((L / chunk + chunk) * N * block), never O(L * N * E).
@@ -149,17 +150,36 @@ def _scan_fused_fwd(u, delta, A_t, B, C, dir_B, D, orders, dirs, y, block):  # p
 
 
 # Inference kernel for d_state == 16 (every released model). Per job: one batch element and a
-# block of _BLK channels. The sixteen states are written out in the channel loop, so that the
-# loop has no inner loop left and vectorises over channels, with the sum over states (h . C) in
-# a register. Every per-job buffer is addressed at constant offsets from one of two arrays, so
-# the vectoriser needs only a few runtime alias checks.
+# block of _BLK channels. Each step runs the states four at a time, written out in a channel
+# loop with no inner loop left, so that it vectorises over channels with the partial sum over
+# states (h . C) in a register and the four states' B and C values in registers. Every per-job
+# buffer is addressed at constant offsets from one of two arrays, so the vectoriser needs only
+# a few runtime alias checks.
 _NS = 16
 # The state size the fused kernels are written for (the dispatcher's fuses_gate reads it).
 FUSED_D_STATE = _NS
 _BLK = 64
 _HSZ = _NS * _BLK  # one scan's states: (state, channel) at n * _BLK + e
 _DT = _HSZ  # the step's softplus'd delta, after exp(delta * A) (state, channel)
-_SCRATCH = _DT + _BLK
+_DU = _DT + _BLK  # delta * u of the token a scan visits (channel)
+_SCRATCH = _DU + _BLK
+
+
+@njit(fastmath=True, cache=True, nogil=True, error_model="numpy", inline="always")
+def _four_states(s, hk, y_row, ne, off, b0, b1, b2, b3, c0, c1, c2, c3):  # pragma: no cover
+    """One step of four states (from state ``off / _BLK``) of one scan: h = decay * h + B du,
+    y += h . C, over the block's channels."""
+    for e in range(ne):
+        du = s[_DU + e]
+        v0 = s[off + e] * hk[off + e] + b0 * du
+        hk[off + e] = v0
+        v1 = s[off + _BLK + e] * hk[off + _BLK + e] + b1 * du
+        hk[off + _BLK + e] = v1
+        v2 = s[off + 2 * _BLK + e] * hk[off + 2 * _BLK + e] + b2 * du
+        hk[off + 2 * _BLK + e] = v2
+        v3 = s[off + 3 * _BLK + e] * hk[off + 3 * _BLK + e] + b3 * du
+        hk[off + 3 * _BLK + e] = v3
+        y_row[e] += (v0 * c0 + v1 * c1) + (v2 * c2 + v3 * c3)
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True, error_model="numpy")
@@ -184,6 +204,7 @@ def _scan_infer(
         s = np.empty(_SCRATCH, dtype=np.float32)
         hs = np.zeros((4, _HSZ), dtype=np.float32)
         bt = np.empty(_NS, dtype=np.float32)
+        ct = np.empty(_NS, dtype=np.float32)
         d_row = consts[_NS, e0:e1]
         bias = consts[_NS + 1, e0:e1]
         # Each scan adds D * u at the token it visits: 4 D u in all.
@@ -202,97 +223,26 @@ def _scan_infer(
                     s[n * _BLK + e] = _exp2_neg(s[_DT + e] * a_row[e])
             for n in range(_NS):
                 bt[n] = B[b, t, n]
-            c0 = C[b, t, 0]
-            c1 = C[b, t, 1]
-            c2 = C[b, t, 2]
-            c3 = C[b, t, 3]
-            c4 = C[b, t, 4]
-            c5 = C[b, t, 5]
-            c6 = C[b, t, 6]
-            c7 = C[b, t, 7]
-            c8 = C[b, t, 8]
-            c9 = C[b, t, 9]
-            c10 = C[b, t, 10]
-            c11 = C[b, t, 11]
-            c12 = C[b, t, 12]
-            c13 = C[b, t, 13]
-            c14 = C[b, t, 14]
-            c15 = C[b, t, 15]
+            for n in range(_NS):
+                ct[n] = C[b, t, n]
             for k in range(4):
                 i = orders[k, t]
                 u_row = u[b, i, e0:e1]
                 y_row = y[b, i, e0:e1]
                 dk = dirs[k, t]
                 hk = hs[k]
-                b0 = bt[0] + dir_B[dk, 0]
-                b1 = bt[1] + dir_B[dk, 1]
-                b2 = bt[2] + dir_B[dk, 2]
-                b3 = bt[3] + dir_B[dk, 3]
-                b4 = bt[4] + dir_B[dk, 4]
-                b5 = bt[5] + dir_B[dk, 5]
-                b6 = bt[6] + dir_B[dk, 6]
-                b7 = bt[7] + dir_B[dk, 7]
-                b8 = bt[8] + dir_B[dk, 8]
-                b9 = bt[9] + dir_B[dk, 9]
-                b10 = bt[10] + dir_B[dk, 10]
-                b11 = bt[11] + dir_B[dk, 11]
-                b12 = bt[12] + dir_B[dk, 12]
-                b13 = bt[13] + dir_B[dk, 13]
-                b14 = bt[14] + dir_B[dk, 14]
-                b15 = bt[15] + dir_B[dk, 15]
                 for e in range(ne):
-                    du = s[_DT + e] * u_row[e]
-                    v0 = s[e] * hk[e] + b0 * du
-                    hk[e] = v0
-                    v1 = s[1 * _BLK + e] * hk[1 * _BLK + e] + b1 * du
-                    hk[1 * _BLK + e] = v1
-                    v2 = s[2 * _BLK + e] * hk[2 * _BLK + e] + b2 * du
-                    hk[2 * _BLK + e] = v2
-                    v3 = s[3 * _BLK + e] * hk[3 * _BLK + e] + b3 * du
-                    hk[3 * _BLK + e] = v3
-                    v4 = s[4 * _BLK + e] * hk[4 * _BLK + e] + b4 * du
-                    hk[4 * _BLK + e] = v4
-                    v5 = s[5 * _BLK + e] * hk[5 * _BLK + e] + b5 * du
-                    hk[5 * _BLK + e] = v5
-                    v6 = s[6 * _BLK + e] * hk[6 * _BLK + e] + b6 * du
-                    hk[6 * _BLK + e] = v6
-                    v7 = s[7 * _BLK + e] * hk[7 * _BLK + e] + b7 * du
-                    hk[7 * _BLK + e] = v7
-                    v8 = s[8 * _BLK + e] * hk[8 * _BLK + e] + b8 * du
-                    hk[8 * _BLK + e] = v8
-                    v9 = s[9 * _BLK + e] * hk[9 * _BLK + e] + b9 * du
-                    hk[9 * _BLK + e] = v9
-                    v10 = s[10 * _BLK + e] * hk[10 * _BLK + e] + b10 * du
-                    hk[10 * _BLK + e] = v10
-                    v11 = s[11 * _BLK + e] * hk[11 * _BLK + e] + b11 * du
-                    hk[11 * _BLK + e] = v11
-                    v12 = s[12 * _BLK + e] * hk[12 * _BLK + e] + b12 * du
-                    hk[12 * _BLK + e] = v12
-                    v13 = s[13 * _BLK + e] * hk[13 * _BLK + e] + b13 * du
-                    hk[13 * _BLK + e] = v13
-                    v14 = s[14 * _BLK + e] * hk[14 * _BLK + e] + b14 * du
-                    hk[14 * _BLK + e] = v14
-                    v15 = s[15 * _BLK + e] * hk[15 * _BLK + e] + b15 * du
-                    hk[15 * _BLK + e] = v15
-                    y_row[e] += (
-                        v0 * c0
-                        + v1 * c1
-                        + v2 * c2
-                        + v3 * c3
-                        + v4 * c4
-                        + v5 * c5
-                        + v6 * c6
-                        + v7 * c7
-                    ) + (
-                        v8 * c8
-                        + v9 * c9
-                        + v10 * c10
-                        + v11 * c11
-                        + v12 * c12
-                        + v13 * c13
-                        + v14 * c14
-                        + v15 * c15
-                    )
+                    s[_DU + e] = s[_DT + e] * u_row[e]
+                # Four states a pass: with all sixteen, their B and C values do not fit in the
+                # sixteen vector registers and the loop spills (measured 40 cycles a vector
+                # step against 24 of arithmetic).
+                for q in range(0, _NS, 4):
+                    _four_states(
+                        s, hk, y_row, ne, q * _BLK,
+                        bt[q] + dir_B[dk, q], bt[q + 1] + dir_B[dk, q + 1],
+                        bt[q + 2] + dir_B[dk, q + 2], bt[q + 3] + dir_B[dk, q + 3],
+                        ct[q], ct[q + 1], ct[q + 2], ct[q + 3],
+                    )  # fmt: skip
         if gate:
             for i in range(length):
                 z_row = zf[b * zs0 + i * zs1 + e0 :]
