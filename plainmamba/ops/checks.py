@@ -11,11 +11,19 @@ from typing import Sequence, Tuple
 
 import torch
 
-__all__ = ["check_grid", "check_dwconv_args", "check_msda_inputs", "DWCONV_TRITON_MAX_K"]
+__all__ = [
+    "check_grid",
+    "check_dwconv_args",
+    "check_msda_inputs",
+    "DWCONV_TRITON_MAX_K",
+    "DWCONV_NUMBA_K",
+]
 
 # Largest kernel size of the Triton depthwise conv (a tap column's weights live in k named
 # registers); its ``auto`` choice falls back to PyTorch's path above it.
 DWCONV_TRITON_MAX_K = 9
+# The one kernel size of the Numba depthwise conv (every released model's).
+DWCONV_NUMBA_K = 7
 
 
 def check_grid(hw: Tuple[int, int], length: int) -> None:

@@ -34,6 +34,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .checks import DWCONV_NUMBA_K as NUMBA_K
 from .checks import DWCONV_TRITON_MAX_K as TRITON_MAX_K
 from .checks import check_dwconv_args
 from .switch import PathSwitch, backend_available, counting_active, triton_interpreted
@@ -59,7 +60,6 @@ _INSTALL_HINT = (
 )
 _NUMBA_HINT = "install it with `pip install numba` (a dependency of this package)"
 _TRITON_MODULE = __name__.rsplit(".", 1)[0] + ".dwconv_triton"
-NUMBA_K = 7  # the kernel size of the numba path (plainmamba.ops.dwconv_numba.KERNEL_SIZE)
 
 
 def dwconv2d_silu_ref(
@@ -81,6 +81,18 @@ def dwconv2d_silu_ref(
     return out.permute(0, 2, 3, 1).reshape(batch, length, channels)
 
 
+def _check_path(path: str, hint: str, device: torch.device, runs_on: str, note: str = "") -> None:
+    """Raise unless ``path``'s package imports (``RuntimeError`` with ``hint``) and ``device``
+    is the type it runs on (``ValueError``)."""
+    if not backend_available(path):
+        raise RuntimeError(f"depthwise-conv path {path!r} is not available: " + hint)
+    if device.type != runs_on:
+        raise ValueError(
+            f"depthwise-conv path {path!r} runs on {runs_on} tensors, got tensors on {device}"
+            f"{note}; use impl='auto' or 'ref'"
+        )
+
+
 def _pick(requested: str, device: torch.device) -> str:
     if requested == "auto":
         if device.type == "cuda" and backend_available("triton"):
@@ -89,24 +101,12 @@ def _pick(requested: str, device: torch.device) -> str:
             return "numba"
         return "ref"
     if requested == "numba":
-        if not backend_available("numba"):
-            raise RuntimeError("depthwise-conv path 'numba' is not available: " + _NUMBA_HINT)
-        if device.type != "cpu":
-            raise ValueError(
-                f"depthwise-conv path 'numba' runs on cpu tensors, got tensors on {device}; "
-                "use impl='auto' or 'ref'"
-            )
+        _check_path("numba", _NUMBA_HINT, device, "cpu")
     if requested == "triton":
         if device.type == "cpu" and triton_interpreted(_TRITON_MODULE):
             return requested  # CPU tensors through the Triton interpreter (tests)
-        if not backend_available("triton"):
-            raise RuntimeError("depthwise-conv path 'triton' is not available: " + _INSTALL_HINT)
-        if device.type != "cuda":
-            raise ValueError(
-                f"depthwise-conv path 'triton' runs on cuda tensors, got tensors on {device} "
-                "(set TRITON_INTERPRET=1 before importing Triton to run it on CPU); "
-                "use impl='auto' or 'ref'"
-            )
+        note = " (set TRITON_INTERPRET=1 before importing Triton to run it on CPU)"
+        _check_path("triton", _INSTALL_HINT, device, "cuda", note)
     return requested
 
 

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from .checks import DWCONV_NUMBA_K
 from .derived import derived
-from .numba_math import silu as _silu
 from .numba_glue import flat_view, sync_threads
+from .numba_math import silu as _silu
 
 __all__ = ["dwconv2d_silu_numba", "KERNEL_SIZE"]
 
-KERNEL_SIZE = 7  # the one kernel size this path computes
+KERNEL_SIZE = DWCONV_NUMBA_K  # the one kernel size this path computes
 _K = KERNEL_SIZE
 _CB = 16  # channels per job: two AVX2 vectors
 _TW = 26  # output columns per job

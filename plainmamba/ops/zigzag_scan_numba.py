@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from .derived import derived
+from .numba_glue import flat_view, sync_threads
 from .numba_math import LOG2E as _LOG2E
 from .numba_math import exp2_neg as _exp2_neg
 from .numba_math import silu as _silu
 from .numba_math import softplus as _softplus
-from .numba_glue import flat_view, sync_threads
 from .scan_orders import scan_orders
 
 __all__ = ["zigzag_scan_numba", "zigzag_scan_gated_numba", "scan_core_numba"]
