@@ -3,7 +3,8 @@
 CPU inference spends time re-deriving the same small tensors from parameters on every call
 (``-exp(A_log)``, transposed or permuted weights). :func:`derived` keeps the result beside the
 source tensor and rebuilds it when the source has been written in place (an optimizer step,
-``load_state_dict``: both bump the tensor's version counter) or replaced.
+``load_state_dict``: both bump the tensor's version counter), given new data (``module.to``)
+or replaced.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def derived(
     if slot is None or slot[0]() is not source:
         slot = _STORE[key] = (weakref.ref(source, lambda ref: _forget(ref, key)), {})
     entries = slot[1]
-    version = (source._version,) + tuple(v for t in also for v in (id(t), t._version))
+    # The version counter tells in-place writes; the data pointer tells ``.data`` replaced
+    # (``module.to(...)`` swaps it without touching the counter).
+    version = tuple(v for t in (source,) + also for v in (id(t), t._version, t.data_ptr()))
     hit = entries.get(name)
     if hit is not None and hit[0] == version:
         return hit[1]

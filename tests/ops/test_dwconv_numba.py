@@ -110,6 +110,8 @@ def test_derived_follows_its_source():
         weight.mul_(2)  # an optimizer step or load_state_dict writes in place
     again = derived(weight, "t", lambda w: w.t().contiguous())
     assert again is not first and torch.equal(again, weight.detach().t())
+    weight.data = torch.zeros(4, 3)  # what module.to(...) does: new data, same counter
+    assert derived(weight, "t", lambda w: w.t().contiguous()).abs().sum() == 0
     # A result that also reads another parameter follows that one too.
     other = torch.nn.Parameter(torch.ones(4, 3))
     summed = derived(weight, "sum", lambda w: w + other, other)
