@@ -21,7 +21,7 @@ from timm.layers import DropPath, trunc_normal_
 from ..ops import dwconv2d_silu, zigzag_scan
 from ..ops.derived import derived
 from ..ops.switch import counting_active
-from ..ops.zigzag_scan import check_grid, fuses_gate
+from ..ops.zigzag_scan import fuses_gate
 
 __all__ = ["PlainMamba", "PlainMambaLayer", "PlainMambaMixer", "ConvPatchEmbed", "check_images"]
 
@@ -277,27 +277,22 @@ class PlainMambaMixer(nn.Module):
         # The depthwise conv reads the tokens in place (a Triton kernel on CUDA); (B, L, E).
         xs = dwconv2d_silu(xs, self.conv2d.weight, self.conv2d.bias, hw, impl=self.dwconv_impl)
         dt, Bs, Cs = self.project(xs, pad_rows=xs.is_cuda)
-        if self.cpu_fast_paths and fuses_gate(xs, self.A_log, self.scan_impl):
-            # CPU inference: one Numba kernel runs the softplus, the four scans, D * u and the
-            # gate y * silu(z); A is the same from call to call until A_log changes.
-            from ..ops.zigzag_scan_numba import zigzag_scan_gated_numba
-
-            check_grid(hw, length)
+        if self._fused_cpu_inference(xs):
+            # A is the same from call to call until A_log changes.
             A = derived(self.A_log, "A", _negative_exp)
-            y = zigzag_scan_gated_numba(
-                xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw, z
-            )
         else:
-            y = zigzag_scan(
-                xs, dt, -torch.exp(self.A_log.float()), Bs, Cs, self.D, self.direction_Bs,
-                self.dt_proj.bias, hw, impl=self.scan_impl, gate=z, fuse_gate=False,
-            )  # fmt: skip
+            A = -torch.exp(self.A_log.float())
+        # The gate y * silu(z) goes to the scan: on the CPU in inference one Numba kernel runs
+        # the softplus, the four scans, D * u and the gate (unless cpu_fast_paths is off).
+        y = zigzag_scan(
+            xs, dt, A, Bs, Cs, self.D, self.direction_Bs, self.dt_proj.bias, hw,
+            impl=self.scan_impl, gate=z, fuse_gate=self.cpu_fast_paths,
+        )  # fmt: skip
         return self.out_proj(y)
 
     def _fused_cpu_inference(self, x: torch.Tensor) -> bool:
-        """Whether a call on ``x`` runs the scan and the gate as one kernel (for tests)."""
-        A = self.A_log.detach()  # only its shape counts
-        return self.cpu_fast_paths and fuses_gate(x, A, self.scan_impl)
+        """Whether a call on ``x`` runs the scan and the gate as one kernel."""
+        return self.cpu_fast_paths and fuses_gate(x, self.A_log, self.scan_impl)
 
 
 class PlainMambaLayer(nn.Module):

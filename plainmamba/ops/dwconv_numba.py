@@ -153,10 +153,8 @@ def dwconv2d_silu_numba(
     by the dispatcher)."""
     batch, length, channels = x.shape
     xf, xs0, xs1 = flat_view(x)
-    if bias is None:
-        taps, b = derived(weight, "dwconv_taps", lambda w: _taps_and_bias(w, None))
-    else:
-        taps, b = derived(weight, "dwconv_taps_bias", lambda w: _taps_and_bias(w, bias), bias)
+    others = () if bias is None else (bias,)
+    taps, b = derived(weight, "dwconv_taps", lambda w: _taps_and_bias(w, bias), *others)
     y = torch.empty(batch, length, channels, dtype=torch.float32)
     sync_threads()
     _dwconv7_silu(xf, xs0, xs1, taps, b, hw[0], hw[1], y.numpy())
