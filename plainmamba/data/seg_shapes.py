@@ -197,13 +197,18 @@ def register_shapes_semseg(root: str | Path, prefix: str = "shapes_seg") -> tupl
     """Register ``{prefix}_train`` and ``{prefix}_val`` from ``root`` with Detectron2.
 
     Dicts come from Detectron2's ``load_sem_seg``; metadata holds ``stuff_classes``,
-    ``ignore_label=255`` and ``evaluator_type="sem_seg"``. Registering the same root again is a
-    no-op; registering a different root under a name that is already taken raises ``ValueError``.
+    ``stuff_colors`` (fixed), ``ignore_label=255`` and ``evaluator_type="sem_seg"``. Registering
+    the same root again is a no-op; registering a different root under a name that is already
+    taken raises ``ValueError``.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import load_sem_seg
+    from detectron2.utils.colormap import colormap
 
     root = Path(root).resolve()
+    # Fixed colours (Detectron2's palette, as the demo draws them), so that ground truth and
+    # prediction drawn side by side show a class in the same colour.
+    colors = colormap(rgb=True, maximum=255)[: len(SEG_SHAPE_CLASSES)].astype(int).tolist()
     names = []
     for split in ("train", "val"):
         name = f"{prefix}_{split}"
@@ -222,6 +227,7 @@ def register_shapes_semseg(root: str | Path, prefix: str = "shapes_seg") -> tupl
             )
             MetadataCatalog.get(name).set(
                 stuff_classes=list(SEG_SHAPE_CLASSES),
+                stuff_colors=colors,
                 image_root=image_dir,
                 sem_seg_root=label_dir,
                 evaluator_type="sem_seg",

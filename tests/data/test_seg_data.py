@@ -370,6 +370,10 @@ def test_seg_shapes_register_and_load(seg_root, tmp_path):
     assert register_shapes_semseg(seg_root, prefix="seg_test") == names
     meta = MetadataCatalog.get("seg_test_train")
     assert list(meta.stuff_classes) == list(SEG_SHAPE_CLASSES)
+    # one fixed, distinct RGB colour a class, so ground truth and prediction match in drawings
+    colors = [tuple(c) for c in meta.stuff_colors]
+    assert len(set(colors)) == len(SEG_SHAPE_CLASSES)
+    assert all(len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors)
     assert meta.ignore_label == 255 and meta.evaluator_type == "sem_seg"
 
     dicts = DatasetCatalog.get("seg_test_val")
