@@ -83,4 +83,6 @@ def test_shapes_segmentation_learns(learning_runs):
     match = re.search(r"mIoU ([0-9.]+) \(all-background prediction: ([0-9.]+)\)", log)
     assert match, log[-3000:]
     miou, chance = float(match.group(1)), float(match.group(2))
-    assert miou >= chance + 5.0, (miou, chance)
+    # 300 steps on one thread reached 43.1 against 16.3 (seed 0, 2026-12-06): a 12-point margin
+    # for other CPUs' floating-point sums
+    assert miou >= chance + 15.0, (miou, chance)
