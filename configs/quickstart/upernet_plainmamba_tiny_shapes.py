@@ -46,9 +46,9 @@ dataloader.train.mapper.augmentations = [
         ignored_category=255,
     ),
     L(T.RandomFlip)(),
-    # No PhotoMetricDistortion: the shapes' colours are random already, and its contrast step
-    # (x0.5-1.5) washed out the stripes and speckle that tell squares from triangles (mIoU floor
-    # over 3 seeds 61.2 with it, 66.8 without; GETTING_STARTED.md).
+    # No PhotoMetricDistortion: the shapes' colours are random already, and with it the model
+    # confused the two-tone stripes and speckle that tell squares from triangles (mIoU floor over
+    # 3 seeds 61.2 with it, 66.8 without; GETTING_STARTED.md).
 ]
 dataloader.train.mapper.sem_seg_num_classes = len(SEG_SHAPE_CLASSES)
 dataloader.train.total_batch_size = 8
