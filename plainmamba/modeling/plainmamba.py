@@ -281,7 +281,7 @@ class PlainMambaMixer(nn.Module):
             # A is the same from call to call until A_log changes.
             A = derived(self.A_log, "A", _negative_exp)
         else:
-            A = -torch.exp(self.A_log.float())
+            A = _negative_exp(self.A_log)
         # The gate y * silu(z) goes to the scan: on the CPU in inference one Numba kernel runs
         # the softplus, the four scans, D * u and the gate (unless cpu_fast_paths is off).
         y = zigzag_scan(

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .checks import DWCONV_NUMBA_K as NUMBA_K
 from .checks import DWCONV_TRITON_MAX_K as TRITON_MAX_K
 from .checks import check_dwconv_args
-from .switch import PathSwitch, backend_available, counting_active, triton_interpreted
+from .switch import PathSwitch, backend_available, keeps_plain_ops, triton_interpreted
 from .tuning import TritonSettings
 
 __all__ = [
@@ -146,7 +146,7 @@ def _numba_runs(
 ) -> bool:
     """Whether the numba kernel takes this call: inference on float32 with k = 7, outside
     traces, ``torch.compile`` and FLOP counting (which keep the plain operators)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or counting_active():
+    if keeps_plain_ops():
         return False
     grads = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)

@@ -30,6 +30,7 @@ __all__ = [
     "assume_backends",
     "counting_ops",
     "counting_active",
+    "keeps_plain_ops",
     "untraced",
 ]
 
@@ -168,6 +169,12 @@ def counting_ops() -> Iterator[None]:
 def counting_active() -> bool:
     """Whether :func:`counting_ops` is active."""
     return _COUNTING[0]
+
+
+def keeps_plain_ops() -> bool:
+    """Whether the current call is traced, compiled or counted: there the CPU kernels step aside
+    for PyTorch's operators, so that exported graphs, ``torch.compile`` and FLOP counts see them."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or counting_active()
 
 
 @contextlib.contextmanager

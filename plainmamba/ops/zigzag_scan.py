@@ -42,7 +42,14 @@ import torch.nn.functional as F
 
 from .checks import check_grid
 from .scan_orders import scan_orders
-from .switch import PathSwitch, backend_available, counting_active, triton_interpreted, untraced
+from .switch import (
+    PathSwitch,
+    backend_available,
+    counting_active,
+    keeps_plain_ops,
+    triton_interpreted,
+    untraced,
+)
 from .tuning import TritonSettings
 
 __all__ = [
@@ -278,9 +285,7 @@ def fuses_gate(u: torch.Tensor, A: torch.Tensor, impl: Optional[str]) -> bool:
     (exported graphs and FLOP counts keep the plain operators)."""
     if (
         torch.is_grad_enabled()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or counting_active()
+        or keeps_plain_ops()
         or SCAN_SWITCH.resolved(impl, u.device.type)[0] != "numba"
     ):
         return False
